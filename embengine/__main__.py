@@ -1,0 +1,36 @@
+"""`python -m embengine`: what was built, what this machine has, and whether the model loads."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from embengine.device import build_info, cuda_available, cuda_unavailable_reason, devices
+
+
+def report() -> dict[str, object]:
+    info: dict[str, object] = {"python": sys.version.split()[0], "build": build_info()}
+    info["gpus"] = devices()
+    info["cuda_usable"] = cuda_available() or cuda_unavailable_reason()
+    try:
+        import torch
+
+        info["torch"] = {
+            "version": torch.__version__,
+            "cuda": torch.version.cuda,
+            "cuda_available": torch.cuda.is_available(),
+        }
+    except ImportError:
+        info["torch"] = "not installed"
+    try:
+        from embengine.models import load_model_spec
+
+        spec = load_model_spec()
+        info["default_model"] = {"name": spec.name, "path": str(spec.path), "dim": spec.dim}
+    except (FileNotFoundError, ValueError) as exc:
+        info["default_model"] = f"unavailable: {exc}"
+    return info
+
+
+if __name__ == "__main__":
+    print(json.dumps(report(), indent=2, default=str))

@@ -1,0 +1,74 @@
+"""From texts to padded batches: tokenise, sort by length, pack to a token budget.
+
+Sorting by token length before batching means each batch pads only to its own longest
+text; the budget counts padded tokens (batch size x longest), which is what the encoder
+really computes. The caller scatters results back to input order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from embengine.models import ModelSpec
+
+
+@dataclass
+class Tokenized:
+    """Token ids of many texts, unpadded."""
+
+    ids: list[list[int]]
+    lengths: np.ndarray  # int64, tokens per text including special tokens
+    truncated: int  # texts cut to the model's max length
+
+
+class TextTokenizer:
+    """The model's own tokenizer.json, truncating to the model's max sequence length."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self._tokenizer = Tokenizer.from_file(str(spec.path / "tokenizer.json"))
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length=spec.max_seq_length)
+        self.pad_id = self._tokenizer.token_to_id("[PAD]") or 0
+        self.max_length = spec.max_seq_length
+
+    def __call__(self, texts: Sequence[str]) -> Tokenized:
+        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=True)
+        ids = [e.ids for e in encodings]
+        return Tokenized(
+            ids=ids,
+            lengths=np.fromiter((len(i) for i in ids), dtype=np.int64, count=len(ids)),
+            truncated=sum(1 for e in encodings if e.overflowing),
+        )
+
+
+def plan_batches(lengths: np.ndarray, batch_tokens: int, max_batch_size: int) -> list[np.ndarray]:
+    """Group text indices into batches, longest first, each within the padded-token budget.
+
+    A text longer than the budget still gets a batch of its own.
+    """
+    if batch_tokens < 1 or max_batch_size < 1:
+        raise ValueError("batch_tokens and max_batch_size must be positive")
+    order = np.argsort(-lengths, kind="stable")
+    batches: list[np.ndarray] = []
+    start = 0
+    while start < len(order):
+        longest = int(lengths[order[start]])  # sorted: the first text is the longest
+        size = max(1, min(max_batch_size, batch_tokens // max(longest, 1)))
+        batches.append(order[start : start + size])
+        start += size
+    return batches
+
+
+def pad(ids: list[list[int]], indices: np.ndarray, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Padded (input_ids, attention_mask) int64 arrays for the texts at `indices`."""
+    width = max((len(ids[i]) for i in indices), default=0)
+    input_ids = np.full((len(indices), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(indices), width), dtype=np.int64)
+    for row, i in enumerate(indices):
+        input_ids[row, : len(ids[i])] = ids[i]
+        mask[row, : len(ids[i])] = 1
+    return input_ids, mask

@@ -1,0 +1,42 @@
+"""The narrow protocol every backend implements, and the pooling step they share."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from embengine import ops
+from embengine.device import Device
+
+
+class Encoder(Protocol):
+    """A backend: padded token ids of one batch -> (batch, dim) float32 unit rows.
+
+    `input_ids` and `attention_mask` are int64 arrays of shape (batch, tokens); rows come
+    back in the same order. Backends hold the model; batching and ordering live above them.
+    """
+
+    name: str
+    device: Device
+    precision: str
+
+    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
+
+
+def pool(states: Any, mask: Any, mode: str) -> Any:
+    """Token states (batch, tokens, dim) -> unit rows, in the states' framework and device.
+
+    Mean pooling is the fused kernel; cls and max use plain tensor ops, then the
+    normalisation kernel.
+    """
+    if mode == "mean":
+        return ops.mean_pool_normalize(states, mask)
+    if mode == "cls":
+        pooled = states[:, 0].float()
+    elif mode == "max":
+        masked = states.float().masked_fill(mask[:, :, None] == 0, float("-inf"))
+        pooled = masked.amax(dim=1).nan_to_num(neginf=0.0)
+    else:
+        raise ValueError(f"unknown pooling mode {mode!r}")
+    return ops.normalize_rows_(pooled.contiguous())

@@ -1,0 +1,159 @@
+"""Engine: a model on a device, and the one `embed` every task is built on."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from embengine.batching import TextTokenizer, pad, plan_batches
+from embengine.device import Device, cuda_unavailable_reason, resolve_device
+from embengine.encoders.base import Encoder
+from embengine.models import ModelSpec, load_model_spec
+
+log = logging.getLogger("embengine")
+
+
+@dataclass
+class EmbedStats:
+    """Counters for embed calls; `Engine.last_stats` is the latest call, `Engine.stats` all."""
+
+    texts: int = 0
+    unique_texts: int = 0  # texts actually encoded (repeats in one call are encoded once)
+    tokens: int = 0  # real tokens encoded
+    padded_tokens: int = 0  # tokens the encoder computed, padding included
+    truncated: int = 0  # texts cut to the model's max length
+    batches: int = 0
+    seconds: float = 0.0
+
+    def __iadd__(self, other: EmbedStats) -> EmbedStats:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
+    @property
+    def texts_per_second(self) -> float:
+        return self.texts / self.seconds if self.seconds > 0 else 0.0
+
+
+class Engine:
+    """Embeds texts with one model on one device.
+
+    `model` is None for the packaged all-MiniLM-L6-v2, or a local sentence-transformers
+    directory. `device` is "auto" (CUDA when usable, else CPU, and says which), "cpu" or
+    "cuda" (raises when CUDA is not usable). `batch_tokens` caps padded tokens per batch
+    and `max_batch_size` texts per batch (defaults per device: small batches stay in the
+    CPU's caches, large ones fill a GPU).
+    """
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        device: str | Device = "auto",
+        backend: str = "auto",
+        precision: str = "auto",
+        batch_tokens: int | None = None,
+        max_batch_size: int | None = None,
+    ) -> None:
+        self.spec: ModelSpec = load_model_spec(model)
+        self.device = resolve_device(device)
+        if Device(device) is Device.AUTO and self.device is Device.CPU:
+            log.info("device='auto' chose the CPU: %s", cuda_unavailable_reason())
+        self.tokenizer = TextTokenizer(self.spec)
+        self.encoder: Encoder = _make_encoder(self.spec, self.device, backend, precision)
+        cuda = self.device is Device.CUDA
+        self.batch_tokens = batch_tokens or (65536 if cuda else 4096)
+        self.max_batch_size = max_batch_size or (1024 if cuda else 64)
+        self.stats = EmbedStats()
+        self.last_stats = EmbedStats()
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    def describe(self) -> dict[str, object]:
+        """Model, device, backend and precision in use, for logs and reports."""
+        return {
+            "model": self.spec.name,
+            "model_path": str(self.spec.path),
+            "dim": self.dim,
+            "max_seq_length": self.spec.max_seq_length,
+            "pooling": self.spec.pooling,
+            "device": self.device.value,
+            "backend": self.encoder.name,
+            "precision": self.encoder.precision,
+            "batch_tokens": self.batch_tokens,
+        }
+
+    def embed(self, texts: Iterable[str], *, progress: bool = False) -> np.ndarray:
+        """Embed texts: (n, dim) float32 unit rows, in input order.
+
+        Identical texts in one call are encoded once. Texts longer than the model's max
+        length are truncated and counted in `last_stats.truncated`.
+        """
+        started = time.perf_counter()
+        items = check_texts(texts)
+        unique, inverse = np.unique(np.array(items, dtype=object), return_inverse=True)
+        tokenized = self.tokenizer(list(unique))
+        out = np.zeros((len(unique), self.dim), dtype=np.float32)
+        batches = plan_batches(tokenized.lengths, self.batch_tokens, self.max_batch_size)
+        padded = 0
+        for indices in _progress(batches, progress, len(unique)):
+            input_ids, mask = pad(tokenized.ids, indices, self.tokenizer.pad_id)
+            out[indices] = self.encoder.encode(input_ids, mask)
+            padded += input_ids.size
+        stats = EmbedStats(
+            texts=len(items),
+            unique_texts=len(unique),
+            tokens=int(tokenized.lengths.sum()),
+            padded_tokens=padded,
+            truncated=tokenized.truncated,
+            batches=len(batches),
+            seconds=time.perf_counter() - started,
+        )
+        if stats.truncated:
+            log.info(
+                "truncated %d of %d texts to %d tokens",
+                stats.truncated,
+                len(unique),
+                self.spec.max_seq_length,
+            )
+        self.last_stats = stats
+        self.stats += stats
+        return out[inverse.reshape(-1)] if len(items) else out
+
+
+def check_texts(texts: Iterable[str]) -> list[str]:
+    """A list of str, or TypeError naming the first bad position."""
+    if isinstance(texts, (str, bytes)):
+        raise TypeError("texts must be a sequence of str, not a single string; wrap it in a list")
+    items = list(texts) if not isinstance(texts, list) else texts
+    for position, text in enumerate(items):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{position}] is {type(text).__name__}, expected str")
+    return items
+
+
+def _make_encoder(spec: ModelSpec, device: Device, backend: str, precision: str) -> Encoder:
+    if backend in ("auto", "torch"):
+        from embengine.encoders.torch_backend import TorchEncoder
+
+        return TorchEncoder(spec, device, precision)
+    raise ValueError(f"backend must be 'auto' or 'torch', got {backend!r}")
+
+
+def _progress(batches: Sequence[np.ndarray], enabled: bool, total: int) -> Iterable[np.ndarray]:
+    if not enabled:
+        yield from batches
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="text", desc="embed") as bar:
+        for indices in batches:
+            yield indices
+            bar.update(len(indices))

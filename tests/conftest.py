@@ -1,0 +1,30 @@
+"""Shared fixtures: seeded data, one session-wide engine, and the GPU skip rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from embengine import Engine
+from embengine.device import cuda_available, cuda_unavailable_reason
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` skip, saying why, when the CUDA kernels cannot run here."""
+    if cuda_available():
+        return
+    skip = pytest.mark.skip(reason=f"needs a CUDA GPU: {cuda_unavailable_reason()}")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def engine() -> Engine:
+    """The default model on the CPU, loaded once for the whole session."""
+    return Engine(device="cpu")
