@@ -99,23 +99,9 @@ class Engine:
         started = time.perf_counter()
         items = check_texts(texts)
         unique, inverse = np.unique(np.array(items, dtype=object), return_inverse=True)
-        tokenized = self.tokenizer(list(unique))
-        out = np.zeros((len(unique), self.dim), dtype=np.float32)
-        batches = plan_batches(tokenized.lengths, self.batch_tokens, self.max_batch_size)
-        padded = 0
-        for indices in _progress(batches, progress, len(unique)):
-            input_ids, mask = pad(tokenized.ids, indices, self.tokenizer.pad_id)
-            out[indices] = self.encoder.encode(input_ids, mask)
-            padded += input_ids.size
-        stats = EmbedStats(
-            texts=len(items),
-            unique_texts=len(unique),
-            tokens=int(tokenized.lengths.sum()),
-            padded_tokens=padded,
-            truncated=tokenized.truncated,
-            batches=len(batches),
-            seconds=time.perf_counter() - started,
-        )
+        stats = EmbedStats(texts=len(items), unique_texts=len(unique))
+        vectors = self._encode(list(unique), stats, progress)
+        stats.seconds = time.perf_counter() - started
         if stats.truncated:
             log.info(
                 "truncated %d of %d texts to %d tokens",
@@ -125,7 +111,21 @@ class Engine:
             )
         self.last_stats = stats
         self.stats += stats
-        return out[inverse.reshape(-1)] if len(items) else out
+        return vectors[inverse.reshape(-1)] if len(items) else vectors
+
+    def _encode(self, texts: list[str], stats: EmbedStats, progress: bool) -> np.ndarray:
+        """Run the model on distinct texts: (n, dim) unit rows in their order; fills `stats`."""
+        tokenized = self.tokenizer(texts)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        batches = plan_batches(tokenized.lengths, self.batch_tokens, self.max_batch_size)
+        for indices in _progress(batches, progress, len(texts)):
+            input_ids, mask = pad(tokenized.ids, indices, self.tokenizer.pad_id)
+            out[indices] = self.encoder.encode(input_ids, mask)
+            stats.padded_tokens += input_ids.size
+        stats.tokens += int(tokenized.lengths.sum())
+        stats.truncated += tokenized.truncated
+        stats.batches += len(batches)
+        return out
 
 
 def check_texts(texts: Iterable[str]) -> list[str]:

@@ -13,11 +13,19 @@ import numpy as np
 
 from embengine import _native
 from embengine.device import cuda_module
+from embengine.ops import reference
 from embengine.ops._arrays import cuda_array, is_cuda_array, like_input, to_numpy
 
 DEFAULT_EPS = 1e-12  # as torch.nn.functional.normalize and sentence-transformers
 
-__all__ = ["DEFAULT_EPS", "mean_pool_normalize", "normalize_rows_"]
+__all__ = [
+    "DEFAULT_EPS",
+    "centroid_distance",
+    "mean_pool_normalize",
+    "normalize_rows_",
+    "pairs_above",
+    "topk_cosine",
+]
 
 
 def _cuda_kernels() -> Any:
@@ -91,3 +99,54 @@ def normalize_rows_(x: Any, *, eps: float = DEFAULT_EPS) -> Any:
         return x
     _native.normalize_rows(to_numpy(x, "x"), float(eps))
     return x
+
+
+def check_vectors(x: Any, name: str, dim: int | None = None) -> np.ndarray:
+    """A finite 2-D float array, or ValueError naming the array, its shape and the problem."""
+    a = to_numpy(x, name)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must have shape (n, dim), got {a.shape}")
+    if dim is not None and a.shape[1] != dim:
+        raise ValueError(f"{name} has dim {a.shape[1]}, expected {dim} (shape {a.shape})")
+    if a.dtype not in (np.float32, np.float16):
+        a = a.astype(np.float32)
+    if a.size and not np.isfinite(a).all():
+        bad = int(np.argwhere(~np.isfinite(a))[0][0])
+        raise ValueError(f"{name} has NaN or inf values (first in row {bad}, shape {a.shape})")
+    return a
+
+
+def topk_cosine(
+    queries: Any, base: Any, k: int, *, exclude_self: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product (cosine for unit rows): (scores, ids), each (q, k).
+
+    Sorted by score descending, ties broken by the lower id; slots past n hold score
+    -inf and id -1. `exclude_self` drops base row i from query i's results (queries == base).
+    """
+    q = check_vectors(queries, "queries")
+    b = check_vectors(base, "base", q.shape[1])
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return reference.topk_cosine(q, b, k, exclude_self=exclude_self)
+
+
+def centroid_distance(x: Any, centroids: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine distance (1 - dot) of each row to its nearest centroid, and that centroid's index."""
+    c = check_vectors(centroids, "centroids")
+    a = check_vectors(x, "x", c.shape[1])
+    if len(c) == 0:
+        raise ValueError("centroids is empty")
+    return reference.centroid_distance(a, c)
+
+
+def pairs_above(
+    x: Any, threshold: float, *, y: Any = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair with cosine >= threshold as (i, j, score) arrays, sorted by (i, j).
+
+    One set: pairs i < j. Two sets (y given): every (i in x, j in y).
+    """
+    a = check_vectors(x, "x")
+    b = None if y is None else check_vectors(y, "y", a.shape[1])
+    return reference.pairs_above(a, threshold, y=b)
