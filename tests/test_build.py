@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -29,9 +30,13 @@ def test_cuda_kernels_were_compiled_where_nvcc_exists() -> None:
     assert "90-real" in archs
 
 
-def test_python_dash_m_reports_build_and_devices() -> None:
+def test_python_dash_m_reports_build_and_devices(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "embengine"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "embengine"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,  # the installed package, not the source tree
     )
     report = json.loads(result.stdout)
     assert report["build"]["cpu"]["version"] == embengine.__version__

@@ -131,7 +131,7 @@ def test_explicit_cuda_without_a_gpu_raises() -> None:
         Engine(device="cuda")
 
 
-def test_import_without_torch_defers_the_error() -> None:
+def test_import_without_torch_defers_the_error(tmp_path: Path) -> None:
     """`import embengine` works without torch; building a torch encoder names what to install."""
     import subprocess
 
@@ -141,7 +141,9 @@ def test_import_without_torch_defers_the_error() -> None:
         "from embengine._optional import MissingDependency\n"
         "try:\n    embengine.Engine(device='cpu')\nexcept MissingDependency as e:\n    print(e)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
     assert "the torch backend needs the 'torch' module" in out.stdout
 
 
