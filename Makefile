@@ -28,12 +28,12 @@ venv: $(VENV)/.deps-stamp  ## create the virtual environment with torch (CPU) an
 install: venv  ## build the native modules (C++, and CUDA when nvcc is found) and install embengine
 	@mkdir -p build
 	@echo "building and installing embengine (log: build/install.log)"
-	@$(PIP) install -v --no-build-isolation -Cbuild-dir=build/wheel ".[$(EXTRAS)]" > build/install.log 2>&1 \
+	@$(PIP) install -v --no-build-isolation -Cbuild-dir=build/wheel -Cbuild.verbose=true ".[$(EXTRAS)]" > build/install.log 2>&1 \
 		|| { tail -40 build/install.log; exit 1; }
 	@grep -E "embengine: |Building (CXX|CUDA) object|Successfully installed" build/install.log || true
 
 demo: install  ## embed the bundled sample and show every job
-	$(BIN)/python -m embengine.demo
+	$(BIN)/embengine demo
 
 test: install  ## run the test suite (GPU tests skip without a GPU and say why)
 	$(BIN)/pytest
