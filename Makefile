@@ -30,7 +30,8 @@ install: venv  ## build the native modules (C++, and CUDA when nvcc is found) an
 	@echo "building and installing embengine (log: build/install.log)"
 	@$(PIP) install -v --no-build-isolation -Cbuild-dir=build/wheel -Cbuild.verbose=true ".[$(EXTRAS)]" > build/install.log 2>&1 \
 		|| { tail -40 build/install.log; exit 1; }
-	@grep -E "embengine: |Building (CXX|CUDA) object|Successfully installed" build/install.log || true
+	@grep -E "embengine: |Successfully installed" build/install.log || true
+	@grep -oE -- "-x cu -c [^ ]+" build/install.log | sed 's/^-x cu -c /  compiled CUDA source: /' || true
 
 demo: install  ## embed the bundled sample and show every job
 	$(BIN)/embengine demo
