@@ -1,0 +1,277 @@
+// CPU kernels for top-k, nearest centroid and the dot-product tiles they share.
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "embengine/similarity.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define EMB_HAVE_AVX2_PATH 1
+#define EMB_AVX2 __attribute__((target("avx2,fma,f16c")))
+#else
+#define EMB_HAVE_AVX2_PATH 0
+#endif
+
+namespace embengine::cpu {
+namespace {
+
+constexpr int64_t kScanRows = 128;  // base rows per dot tile in the scan paths (L2-resident)
+constexpr float kEmpty = -std::numeric_limits<float>::infinity();
+
+inline int omp_threads() {
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
+inline float to_float(float v) { return v; }
+inline float to_float(uint16_t v) { return half_bits_to_float(v); }
+
+// Portable dot tile: one pair at a time, the same order for every pair.
+template <typename T>
+void dot_tile_generic(const float* a, int64_t na, const T* b, int64_t nb, int64_t d, float* out,
+                      int64_t ldo) {
+  for (int64_t j = 0; j < nb; ++j) {
+    for (int64_t i = 0; i < na; ++i) {
+      float s = 0.0f;
+      for (int64_t p = 0; p < d; ++p) s += a[i * d + p] * to_float(b[j * d + p]);
+      out[i * ldo + j] = s;
+    }
+  }
+}
+
+#if EMB_HAVE_AVX2_PATH
+EMB_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+EMB_AVX2 inline __m256 load8(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+EMB_AVX2 inline float hsum(__m256 v) {
+  __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  __m128 shuf = _mm_movehdup_ps(lo);
+  lo = _mm_add_ps(lo, shuf);
+  shuf = _mm_movehl_ps(shuf, lo);
+  return _mm_cvtss_f32(_mm_add_ss(lo, shuf));
+}
+
+// An RA x RB block of dots: 8-lane FMA accumulators, one horizontal sum, then the d % 8 tail.
+// Every block shape runs the same sequence per pair, so results do not depend on position.
+template <int RA, int RB, typename T>
+EMB_AVX2 inline void dot_block(const float* a, const T* b, int64_t d, float* out, int64_t ldo) {
+  __m256 acc[RA][RB];
+  for (int i = 0; i < RA; ++i)
+    for (int j = 0; j < RB; ++j) acc[i][j] = _mm256_setzero_ps();
+  int64_t p = 0;
+  for (; p + 8 <= d; p += 8) {
+    __m256 vb[RB];
+    for (int j = 0; j < RB; ++j) vb[j] = load8(b + j * d + p);
+    for (int i = 0; i < RA; ++i) {
+      const __m256 va = _mm256_loadu_ps(a + i * d + p);
+      for (int j = 0; j < RB; ++j) acc[i][j] = _mm256_fmadd_ps(va, vb[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < RA; ++i) {
+    for (int j = 0; j < RB; ++j) {
+      float s = hsum(acc[i][j]);
+      for (int64_t t = p; t < d; ++t) s = std::fma(a[i * d + t], to_float(b[j * d + t]), s);
+      out[i * ldo + j] = s;
+    }
+  }
+}
+
+// Base rows outer (four at a time stay in L1), query / centroid pairs inner.
+template <typename T>
+EMB_AVX2 void dot_tile_avx2(const float* a, int64_t na, const T* b, int64_t nb, int64_t d,
+                            float* out, int64_t ldo) {
+  int64_t j = 0;
+  for (; j + 4 <= nb; j += 4) {
+    int64_t i = 0;
+    for (; i + 2 <= na; i += 2) dot_block<2, 4>(a + i * d, b + j * d, d, out + i * ldo + j, ldo);
+    if (i < na) dot_block<1, 4>(a + i * d, b + j * d, d, out + i * ldo + j, ldo);
+  }
+  for (; j < nb; ++j) {
+    int64_t i = 0;
+    for (; i + 2 <= na; i += 2) dot_block<2, 1>(a + i * d, b + j * d, d, out + i * ldo + j, ldo);
+    if (i < na) dot_block<1, 1>(a + i * d, b + j * d, d, out + i * ldo + j, ldo);
+  }
+}
+
+bool cpu_has_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+         __builtin_cpu_supports("f16c");
+}
+const bool kAvx2 = cpu_has_avx2();
+#endif
+
+template <typename T>
+void dot_tile(const float* a, int64_t na, const T* b, int64_t nb, int64_t d, float* out,
+              int64_t ldo) {
+#if EMB_HAVE_AVX2_PATH
+  if (kAvx2) return dot_tile_avx2(a, na, b, nb, d, out, ldo);
+#endif
+  dot_tile_generic(a, na, b, nb, d, out, ldo);
+}
+
+// Offer one row of scores (ids first_id + c) to a heap; most scores fail the root check.
+inline void offer_row(const float* row, int64_t n, int64_t first_id, float* hs, int64_t* hi,
+                      int64_t k, int64_t skip_id) {
+  float worst = hs[0];
+  for (int64_t c = 0; c < n; ++c) {
+    if (row[c] < worst) continue;
+    const int64_t id = first_id + c;
+    if (id == skip_id) continue;
+    if (heap_offer(hs, hi, k, row[c], id)) worst = hs[0];
+  }
+}
+
+template <typename T>
+void topk_scan(const float* queries, int64_t q, const T* base, int64_t n, int64_t d,
+               int64_t base_offset, int64_t k, float* heap_scores, int64_t* heap_ids,
+               bool exclude_self, int64_t self_offset) {
+  const int64_t blocks = (n + kScanRows - 1) / kScanRows;
+#pragma omp parallel if (n * q * d > (1 << 18))
+  {
+    std::vector<float> hs(q * k, kEmpty);
+    std::vector<int64_t> hi(q * k, kNoId);
+    std::vector<float> tile(q * kScanRows);
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t r0 = blk * kScanRows;
+      const int64_t rows = n - r0 < kScanRows ? n - r0 : kScanRows;
+      dot_tile(queries, q, base + r0 * d, rows, d, tile.data(), kScanRows);
+      for (int64_t r = 0; r < q; ++r) {
+        offer_row(tile.data() + r * kScanRows, rows, base_offset + r0, hs.data() + r * k,
+                  hi.data() + r * k, k, exclude_self ? self_offset + r : kNoId);
+      }
+    }
+#pragma omp critical
+    for (int64_t r = 0; r < q; ++r) {
+      for (int64_t e = 0; e < k; ++e) {
+        if (hi[r * k + e] == kNoId) continue;
+        heap_offer(heap_scores + r * k, heap_ids + r * k, k, hs[r * k + e], hi[r * k + e]);
+      }
+    }
+  }
+}
+
+template <typename T>
+void nearest_centroid(const T* x, int64_t n, const float* centroids, int64_t c, int64_t d,
+                      float* best_score, int64_t* best_index) {
+  const int64_t blocks = (n + kScanRows - 1) / kScanRows;
+#pragma omp parallel if (n * c * d > (1 << 18))
+  {
+    std::vector<float> tile(c * kScanRows);
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t r0 = blk * kScanRows;
+      const int64_t rows = n - r0 < kScanRows ? n - r0 : kScanRows;
+      dot_tile(centroids, c, x + r0 * d, rows, d, tile.data(), kScanRows);
+      for (int64_t r = 0; r < rows; ++r) {
+        float best = tile[r];
+        int64_t arg = 0;
+        for (int64_t j = 1; j < c; ++j) {
+          if (tile[j * kScanRows + r] > best) {
+            best = tile[j * kScanRows + r];
+            arg = j;
+          }
+        }
+        best_score[r0 + r] = best;
+        best_index[r0 + r] = arg;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void dot_tile_f32(const float* a, int64_t na, const float* b, int64_t nb, int64_t d, float* out,
+                  int64_t ldo) {
+  dot_tile(a, na, b, nb, d, out, ldo);
+}
+
+void dot_tile_f16(const float* a, int64_t na, const uint16_t* b, int64_t nb, int64_t d,
+                  float* out, int64_t ldo) {
+  dot_tile(a, na, b, nb, d, out, ldo);
+}
+
+void topk_scan_f32(const float* queries, int64_t q, const float* base, int64_t n, int64_t d,
+                   int64_t base_offset, int64_t k, float* heap_scores, int64_t* heap_ids,
+                   bool exclude_self, int64_t self_offset) {
+  topk_scan(queries, q, base, n, d, base_offset, k, heap_scores, heap_ids, exclude_self,
+            self_offset);
+}
+
+void topk_scan_f16(const float* queries, int64_t q, const uint16_t* base, int64_t n, int64_t d,
+                   int64_t base_offset, int64_t k, float* heap_scores, int64_t* heap_ids,
+                   bool exclude_self, int64_t self_offset) {
+  topk_scan(queries, q, base, n, d, base_offset, k, heap_scores, heap_ids, exclude_self,
+            self_offset);
+}
+
+void topk_offer_tile(const float* tile, int64_t q, int64_t n, int64_t ld, int64_t base_offset,
+                     int64_t k, float* heap_scores, int64_t* heap_ids, bool exclude_self,
+                     int64_t self_offset) {
+#pragma omp parallel for schedule(static) if (q * n > (1 << 15))
+  for (int64_t r = 0; r < q; ++r) {
+    offer_row(tile + r * ld, n, base_offset, heap_scores + r * k, heap_ids + r * k, k,
+              exclude_self ? self_offset + r : kNoId);
+  }
+}
+
+void topk_finish(float* heap_scores, int64_t* heap_ids, int64_t q, int64_t k) {
+#pragma omp parallel for schedule(static) if (q * k > (1 << 14))
+  for (int64_t r = 0; r < q; ++r) heap_into_sorted(heap_scores + r * k, heap_ids + r * k, k);
+}
+
+void nearest_centroid_f32(const float* x, int64_t n, const float* centroids, int64_t c, int64_t d,
+                          float* best_score, int64_t* best_index) {
+  nearest_centroid(x, n, centroids, c, d, best_score, best_index);
+}
+
+void nearest_centroid_f16(const uint16_t* x, int64_t n, const float* centroids, int64_t c,
+                          int64_t d, float* best_score, int64_t* best_index) {
+  nearest_centroid(x, n, centroids, c, d, best_score, best_index);
+}
+
+void pairs_in_tile(const float* tile, int64_t nr, int64_t nc, int64_t ld, int64_t row0,
+                   int64_t col0, float threshold, bool upper_only, PairList* out) {
+#pragma omp parallel if (nr * nc > (1 << 16))
+  {
+    PairList mine;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < nr; ++r) {
+      const float* row = tile + r * ld;
+      // in the diagonal tile of a self-similarity, columns up to the row's own id are skipped
+      int64_t c = upper_only ? row0 + r + 1 - col0 : 0;
+      if (c < 0) c = 0;
+      for (; c < nc; ++c) {
+        if (row[c] >= threshold) {
+          mine.i.push_back(row0 + r);
+          mine.j.push_back(col0 + c);
+          mine.score.push_back(row[c]);
+        }
+      }
+    }
+    // static schedule: thread t holds one contiguous run of rows, so appending in thread
+    // order keeps the row-major order
+#pragma omp for schedule(static, 1) ordered
+    for (int t = 0; t < omp_threads(); ++t) {
+#pragma omp ordered
+      {
+        out->i.insert(out->i.end(), mine.i.begin(), mine.i.end());
+        out->j.insert(out->j.end(), mine.j.begin(), mine.j.end());
+        out->score.insert(out->score.end(), mine.score.begin(), mine.score.end());
+      }
+    }
+  }
+}
+
+}  // namespace embengine::cpu
