@@ -27,6 +27,7 @@ FUSED_MAX_CENTROIDS = 16
 TILE_ROWS = 1024  # query rows per score tile
 TILE_COLS = 4096  # base rows per score tile (a (1024, 4096) float32 tile is 16 MiB)
 GPU_TILE_ELEMENTS = 1 << 24  # scores per GPU tile (64 MiB): wide tiles, few launches
+GPU_PAIRS_CAPACITY = 1 << 16  # first size of the GPU pair buffers; they double as needed
 
 EMPTY_SCORE = -np.inf  # score of an empty top-k slot (k > n)
 EMPTY_ID = -1  # id of an empty top-k slot
@@ -260,7 +261,7 @@ def pairs_cuda(x: CudaArray, threshold: float, y: CudaArray | None) -> tuple[Any
     rows_all = g.f32(x.original)
     other = rows_all if y is None else g.f32(y.original)
     n, m = x.shape[0], other.shape[0]
-    capacity = 1 << 16
+    capacity = GPU_PAIRS_CAPACITY
     out_i = g.full((capacity,), 0, "int64")
     out_j = g.full((capacity,), 0, "int64")
     out_s = g.full((capacity,), 0, "float32")
