@@ -104,7 +104,7 @@ void require_heaps(const py::array& scores, const py::array& ids, int64_t q) {
   require(scores.shape(1) >= 1, "k must be >= 1");
 }
 
-void topk_scan(const py::array& queries, const py::array& base, py::array& heap_scores,
+int64_t topk_scan(const py::array& queries, const py::array& base, py::array& heap_scores,
                py::array& heap_ids, int64_t base_offset, bool exclude_self, int64_t self_offset) {
   require_matrix(queries, "queries");
   require_matrix(base, "base", true);
@@ -120,12 +120,12 @@ void topk_scan(const py::array& queries, const py::array& base, py::array& heap_
   if (is_f32(base)) {
     const auto* bp = static_cast<const float*>(base.data());
     py::gil_scoped_release release;
-    cpu::topk_scan_f32(qp, q, bp, n, d, base_offset, k, hs, hi, exclude_self, self_offset);
-  } else {
-    const auto* bp = static_cast<const uint16_t*>(base.data());
-    py::gil_scoped_release release;
-    cpu::topk_scan_f16(qp, q, bp, n, d, base_offset, k, hs, hi, exclude_self, self_offset);
+    return cpu::topk_scan_f32(qp, q, bp, n, d, base_offset, k, hs, hi, exclude_self,
+                              self_offset);
   }
+  const auto* bp = static_cast<const uint16_t*>(base.data());
+  py::gil_scoped_release release;
+  return cpu::topk_scan_f16(qp, q, bp, n, d, base_offset, k, hs, hi, exclude_self, self_offset);
 }
 
 // A float32 (rows, cols) tile whose rows may be strided (a column slice of a buffer).
@@ -137,7 +137,7 @@ int64_t require_tile(const py::array& tile) {
   return tile.strides(0) / 4;
 }
 
-void topk_offer_tile(const py::array& tile, py::array& heap_scores, py::array& heap_ids,
+int64_t topk_offer_tile(const py::array& tile, py::array& heap_scores, py::array& heap_ids,
                      int64_t base_offset, bool exclude_self, int64_t self_offset) {
   const int64_t ld = require_tile(tile);
   const int64_t q = tile.shape(0), n = tile.shape(1);
@@ -147,7 +147,7 @@ void topk_offer_tile(const py::array& tile, py::array& heap_scores, py::array& h
   auto* hs = static_cast<float*>(heap_scores.mutable_data());
   auto* hi = static_cast<int64_t*>(heap_ids.mutable_data());
   py::gil_scoped_release release;
-  cpu::topk_offer_tile(t, q, n, ld, base_offset, k, hs, hi, exclude_self, self_offset);
+  return cpu::topk_offer_tile(t, q, n, ld, base_offset, k, hs, hi, exclude_self, self_offset);
 }
 
 void topk_finish(py::array& heap_scores, py::array& heap_ids) {
@@ -159,8 +159,7 @@ void topk_finish(py::array& heap_scores, py::array& heap_ids) {
   cpu::topk_finish(hs, hi, q, k);
 }
 
-std::pair<py::array_t<float>, py::array_t<int64_t>> nearest_centroid(const py::array& x,
-                                                                     const py::array& centroids) {
+py::tuple nearest_centroid(const py::array& x, const py::array& centroids) {
   require_matrix(x, "x", true);
   require_matrix(centroids, "centroids");
   require(centroids.shape(1) == x.shape(1) && centroids.shape(0) >= 1,
@@ -172,16 +171,17 @@ std::pair<py::array_t<float>, py::array_t<int64_t>> nearest_centroid(const py::a
   const auto* cp = static_cast<const float*>(centroids.data());
   float* bp = best.mutable_data();
   int64_t* ip = index.mutable_data();
+  int64_t not_finite = 0;
   if (is_f32(x)) {
     const auto* xp = static_cast<const float*>(x.data());
     py::gil_scoped_release release;
-    cpu::nearest_centroid_f32(xp, n, cp, c, d, bp, ip);
+    not_finite = cpu::nearest_centroid_f32(xp, n, cp, c, d, bp, ip);
   } else {
     const auto* xp = static_cast<const uint16_t*>(x.data());
     py::gil_scoped_release release;
-    cpu::nearest_centroid_f16(xp, n, cp, c, d, bp, ip);
+    not_finite = cpu::nearest_centroid_f16(xp, n, cp, c, d, bp, ip);
   }
-  return {best, index};
+  return py::make_tuple(best, index, not_finite);
 }
 
 template <typename T>
@@ -197,11 +197,13 @@ py::tuple pairs_in_tile(const py::array& tile, int64_t row0, int64_t col0, float
   const auto* t = static_cast<const float*>(tile.data());
   const int64_t nr = tile.shape(0), nc = tile.shape(1);
   cpu::PairList found;
+  int64_t not_finite = 0;
   {
     py::gil_scoped_release release;
-    cpu::pairs_in_tile(t, nr, nc, ld, row0, col0, threshold, upper_only, &found);
+    not_finite = cpu::pairs_in_tile(t, nr, nc, ld, row0, col0, threshold, upper_only, &found);
   }
-  return py::make_tuple(to_numpy_1d(found.i), to_numpy_1d(found.j), to_numpy_1d(found.score));
+  return py::make_tuple(to_numpy_1d(found.i), to_numpy_1d(found.j), to_numpy_1d(found.score),
+                        not_finite);
 }
 
 py::array_t<float> dot_tile(const py::array& a, const py::array& b) {
@@ -325,19 +327,21 @@ PYBIND11_MODULE(_native, m) {
         py::arg("heap_ids"), py::arg("base_offset"), py::arg("exclude_self"),
         py::arg("self_offset"),
         "Offer every base row (ids base_offset + row) to the (q, k) top-k heaps: the native "
-        "SIMD scan for few queries. float32 queries, float32 or float16 base.");
+        "SIMD scan for few queries. float32 queries, float32 or float16 base. Returns the "
+        "count of non-finite scores (skipped).");
   m.def("topk_offer_tile", &topk_offer_tile, py::arg("tile"), py::arg("heap_scores"),
         py::arg("heap_ids"), py::arg("base_offset"), py::arg("exclude_self"),
-        py::arg("self_offset"), "Offer a (q, m) float32 score tile to the (q, k) top-k heaps.");
+        py::arg("self_offset"), "Offer a (q, m) float32 score tile to the (q, k) top-k heaps; returns the count of "
+        "non-finite scores (skipped).");
   m.def("topk_finish", &topk_finish, py::arg("heap_scores"), py::arg("heap_ids"),
         "Sort the (q, k) heaps in place into best-first lists (empty slots -inf / -1 last).");
   m.def("nearest_centroid", &nearest_centroid, py::arg("x"), py::arg("centroids"),
-        "Highest inner product of each row of x with c centroids, and its index (lowest on "
-        "ties). float32 or float16 x, float32 centroids.");
+        "(best, index, not_finite): highest inner product of each row of x with c centroids, "
+        "its index (lowest on ties), and how many rows met a non-finite score.");
   m.def("pairs_in_tile", &pairs_in_tile, py::arg("tile"), py::arg("row0"), py::arg("col0"),
         py::arg("threshold"), py::arg("upper_only"),
-        "(i, j, score) of every tile entry >= threshold, row-major; rows are ids row0 + r, "
-        "columns col0 + c; upper_only keeps i < j.");
+        "(i, j, score, not_finite) of every tile entry >= threshold, row-major; rows are ids "
+        "row0 + r, columns col0 + c; upper_only keeps i < j.");
   m.def("dot_tile", &dot_tile, py::arg("a"), py::arg("b"),
         "a @ b.T with the native SIMD kernel (float32 a, float32 or float16 b).");
   m.def("merge_sorted_lists", &merge_sorted_lists, py::arg("a_scores"), py::arg("a_ids"),

@@ -249,6 +249,33 @@ def test_pairs_above_many_pairs_and_empty(rng: np.random.Generator, path: str) -
         ops.pairs_above(x16, float("nan"))
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_data_is_reported_with_its_row(
+    rng: np.random.Generator, path: str, bad: float
+) -> None:
+    """The data side is checked by the kernels themselves (non-finite scores), every path."""
+    x = unit_rows(rng, 50, 97)
+    x[37, 5] = bad
+    good = unit_rows(rng, 40, 97)
+    message = r"has NaN or inf values \(first in row 37"
+    with pytest.raises(ValueError, match="base " + message):
+        ops.topk_cosine(good, x, 3)
+    with pytest.raises(ValueError, match="base " + message):
+        ops.topk_cosine(good[:1], x, 3, exclude_self=True)  # row 37 is nobody's self here
+    with pytest.raises(ValueError, match="x " + message):
+        ops.centroid_distance(x, good[:20])
+    with pytest.raises(ValueError, match="x " + message):
+        ops.centroid_distances(x, good[:20])
+    with pytest.raises(ValueError, match="x " + message):
+        ops.pairs_above(x, 0.9)
+    with pytest.raises(ValueError, match="y " + message):
+        ops.pairs_above(good, 0.9, y=x)
+    with pytest.raises(ValueError, match="centroids has NaN"):
+        ops.centroid_distance(good, x)
+    with pytest.raises(ValueError, match="overflowed"):
+        ops.topk_cosine(np.full((1, 4), 1e30, np.float32), np.full((2, 4), 1e30, np.float32), 1)
+
+
 # ---- the CUDA kernels' selection logic, run on the CPU through the same helpers ----
 
 

@@ -121,34 +121,43 @@ void dot_tile(const float* a, int64_t na, const T* b, int64_t nb, int64_t d, flo
 }
 
 // Offer one row of scores (ids first_id + c) to a heap; most scores fail the root check.
-inline void offer_row(const float* row, int64_t n, int64_t first_id, float* hs, int64_t* hi,
-                      int64_t k, int64_t skip_id) {
+// Returns how many scores were not finite (NaN / inf data or overflow): they are skipped
+// and reported, so the caller can raise instead of returning a silently wrong answer.
+inline int64_t offer_row(const float* row, int64_t n, int64_t first_id, float* hs, int64_t* hi,
+                         int64_t k, int64_t skip_id) {
   float worst = hs[0];
+  int64_t not_finite = 0;
   for (int64_t c = 0; c < n; ++c) {
-    if (row[c] < worst) continue;
+    if (row[c] < worst && row[c] > kEmpty) continue;
+    if (!std::isfinite(row[c])) {
+      ++not_finite;
+      continue;
+    }
     const int64_t id = first_id + c;
     if (id == skip_id) continue;
     if (heap_offer(hs, hi, k, row[c], id)) worst = hs[0];
   }
+  return not_finite;
 }
 
 template <typename T>
-void topk_scan(const float* queries, int64_t q, const T* base, int64_t n, int64_t d,
+int64_t topk_scan(const float* queries, int64_t q, const T* base, int64_t n, int64_t d,
                int64_t base_offset, int64_t k, float* heap_scores, int64_t* heap_ids,
                bool exclude_self, int64_t self_offset) {
   const int64_t blocks = (n + kScanRows - 1) / kScanRows;
-#pragma omp parallel if (n * q * d > (1 << 18))
+  int64_t not_finite = 0;
+#pragma omp parallel if (n * q * d > (1 << 18)) reduction(+ : not_finite)
   {
     std::vector<float> hs(q * k, kEmpty);
     std::vector<int64_t> hi(q * k, kNoId);
     std::vector<float> tile(q * kScanRows);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 4)
     for (int64_t blk = 0; blk < blocks; ++blk) {
       const int64_t r0 = blk * kScanRows;
       const int64_t rows = n - r0 < kScanRows ? n - r0 : kScanRows;
       dot_tile(queries, q, base + r0 * d, rows, d, tile.data(), kScanRows);
       for (int64_t r = 0; r < q; ++r) {
-        offer_row(tile.data() + r * kScanRows, rows, base_offset + r0, hs.data() + r * k,
+        not_finite += offer_row(tile.data() + r * kScanRows, rows, base_offset + r0, hs.data() + r * k,
                   hi.data() + r * k, k, exclude_self ? self_offset + r : kNoId);
       }
     }
@@ -160,16 +169,18 @@ void topk_scan(const float* queries, int64_t q, const T* base, int64_t n, int64_
       }
     }
   }
+  return not_finite;
 }
 
 template <typename T>
-void nearest_centroid(const T* x, int64_t n, const float* centroids, int64_t c, int64_t d,
+int64_t nearest_centroid(const T* x, int64_t n, const float* centroids, int64_t c, int64_t d,
                       float* best_score, int64_t* best_index) {
   const int64_t blocks = (n + kScanRows - 1) / kScanRows;
-#pragma omp parallel if (n * c * d > (1 << 18))
+  int64_t not_finite = 0;
+#pragma omp parallel if (n * c * d > (1 << 18)) reduction(+ : not_finite)
   {
     std::vector<float> tile(c * kScanRows);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 4)
     for (int64_t blk = 0; blk < blocks; ++blk) {
       const int64_t r0 = blk * kScanRows;
       const int64_t rows = n - r0 < kScanRows ? n - r0 : kScanRows;
@@ -177,17 +188,22 @@ void nearest_centroid(const T* x, int64_t n, const float* centroids, int64_t c, 
       for (int64_t r = 0; r < rows; ++r) {
         float best = tile[r];
         int64_t arg = 0;
+        bool finite = std::isfinite(best);
         for (int64_t j = 1; j < c; ++j) {
-          if (tile[j * kScanRows + r] > best) {
-            best = tile[j * kScanRows + r];
+          const float s = tile[j * kScanRows + r];
+          finite &= std::isfinite(s);
+          if (s > best) {
+            best = s;
             arg = j;
           }
         }
+        not_finite += finite ? 0 : 1;
         best_score[r0 + r] = best;
         best_index[r0 + r] = arg;
       }
     }
   }
+  return not_finite;
 }
 
 }  // namespace
@@ -202,28 +218,31 @@ void dot_tile_f16(const float* a, int64_t na, const uint16_t* b, int64_t nb, int
   dot_tile(a, na, b, nb, d, out, ldo);
 }
 
-void topk_scan_f32(const float* queries, int64_t q, const float* base, int64_t n, int64_t d,
+int64_t topk_scan_f32(const float* queries, int64_t q, const float* base, int64_t n, int64_t d,
                    int64_t base_offset, int64_t k, float* heap_scores, int64_t* heap_ids,
                    bool exclude_self, int64_t self_offset) {
-  topk_scan(queries, q, base, n, d, base_offset, k, heap_scores, heap_ids, exclude_self,
-            self_offset);
+  return topk_scan(queries, q, base, n, d, base_offset, k, heap_scores, heap_ids, exclude_self,
+                   self_offset);
 }
 
-void topk_scan_f16(const float* queries, int64_t q, const uint16_t* base, int64_t n, int64_t d,
+int64_t topk_scan_f16(const float* queries, int64_t q, const uint16_t* base, int64_t n, int64_t d,
                    int64_t base_offset, int64_t k, float* heap_scores, int64_t* heap_ids,
                    bool exclude_self, int64_t self_offset) {
-  topk_scan(queries, q, base, n, d, base_offset, k, heap_scores, heap_ids, exclude_self,
-            self_offset);
+  return topk_scan(queries, q, base, n, d, base_offset, k, heap_scores, heap_ids, exclude_self,
+                   self_offset);
 }
 
-void topk_offer_tile(const float* tile, int64_t q, int64_t n, int64_t ld, int64_t base_offset,
+int64_t topk_offer_tile(const float* tile, int64_t q, int64_t n, int64_t ld, int64_t base_offset,
                      int64_t k, float* heap_scores, int64_t* heap_ids, bool exclude_self,
                      int64_t self_offset) {
-#pragma omp parallel for schedule(static) if (q * n > (1 << 15))
+  // Serial on purpose: it runs between two multi-threaded BLAS calls, and an OpenMP team
+  // here would spin against BLAS's threads for the few percent of the time it needs.
+  int64_t not_finite = 0;
   for (int64_t r = 0; r < q; ++r) {
-    offer_row(tile + r * ld, n, base_offset, heap_scores + r * k, heap_ids + r * k, k,
-              exclude_self ? self_offset + r : kNoId);
+    not_finite += offer_row(tile + r * ld, n, base_offset, heap_scores + r * k, heap_ids + r * k,
+                            k, exclude_self ? self_offset + r : kNoId);
   }
+  return not_finite;
 }
 
 void topk_finish(float* heap_scores, int64_t* heap_ids, int64_t q, int64_t k) {
@@ -231,19 +250,20 @@ void topk_finish(float* heap_scores, int64_t* heap_ids, int64_t q, int64_t k) {
   for (int64_t r = 0; r < q; ++r) heap_into_sorted(heap_scores + r * k, heap_ids + r * k, k);
 }
 
-void nearest_centroid_f32(const float* x, int64_t n, const float* centroids, int64_t c, int64_t d,
+int64_t nearest_centroid_f32(const float* x, int64_t n, const float* centroids, int64_t c, int64_t d,
                           float* best_score, int64_t* best_index) {
-  nearest_centroid(x, n, centroids, c, d, best_score, best_index);
+  return nearest_centroid(x, n, centroids, c, d, best_score, best_index);
 }
 
-void nearest_centroid_f16(const uint16_t* x, int64_t n, const float* centroids, int64_t c,
+int64_t nearest_centroid_f16(const uint16_t* x, int64_t n, const float* centroids, int64_t c,
                           int64_t d, float* best_score, int64_t* best_index) {
-  nearest_centroid(x, n, centroids, c, d, best_score, best_index);
+  return nearest_centroid(x, n, centroids, c, d, best_score, best_index);
 }
 
-void pairs_in_tile(const float* tile, int64_t nr, int64_t nc, int64_t ld, int64_t row0,
-                   int64_t col0, float threshold, bool upper_only, PairList* out) {
-#pragma omp parallel if (nr * nc > (1 << 16))
+int64_t pairs_in_tile(const float* tile, int64_t nr, int64_t nc, int64_t ld, int64_t row0,
+                      int64_t col0, float threshold, bool upper_only, PairList* out) {
+  int64_t not_finite = 0;
+#pragma omp parallel if (nr * nc > (1 << 16)) reduction(+ : not_finite)
   {
     PairList mine;
 #pragma omp for schedule(static)
@@ -252,6 +272,7 @@ void pairs_in_tile(const float* tile, int64_t nr, int64_t nc, int64_t ld, int64_
       // in the diagonal tile of a self-similarity, columns up to the row's own id are skipped
       int64_t c = upper_only ? row0 + r + 1 - col0 : 0;
       if (c < 0) c = 0;
+      for (int64_t t = 0; t < nc; ++t) not_finite += std::isfinite(row[t]) ? 0 : 1;
       for (; c < nc; ++c) {
         if (row[c] >= threshold) {
           mine.i.push_back(row0 + r);
@@ -272,6 +293,7 @@ void pairs_in_tile(const float* tile, int64_t nr, int64_t nc, int64_t ld, int64_
       }
     }
   }
+  return not_finite;
 }
 
 }  // namespace embengine::cpu

@@ -109,8 +109,14 @@ def normalize_rows_(x: Any, *, eps: float = DEFAULT_EPS) -> Any:
     return x
 
 
-def check_vectors(x: Any, name: str, dim: int | None = None) -> np.ndarray:
-    """A finite 2-D float array, or ValueError naming the array, its shape and the problem."""
+def check_vectors(
+    x: Any, name: str, dim: int | None = None, *, check_finite: bool = True
+) -> np.ndarray:
+    """A finite 2-D float array, or ValueError naming the array, its shape and the problem.
+
+    check_finite=False leaves the NaN / inf check to the kernel (it counts non-finite
+    scores, saving a pass over a large data side).
+    """
     a = to_numpy(x, name)
     if a.ndim != 2:
         raise ValueError(f"{name} must have shape (n, dim), got {a.shape}")
@@ -118,7 +124,7 @@ def check_vectors(x: Any, name: str, dim: int | None = None) -> np.ndarray:
         raise ValueError(f"{name} has dim {a.shape[1]}, expected {dim} (shape {a.shape})")
     if a.dtype not in (np.float32, np.float16):
         a = a.astype(np.float32)
-    if a.size and not np.isfinite(a).all():
+    if check_finite and a.size and not np.isfinite(a).all():
         bad = int(np.argwhere(~np.isfinite(a))[0][0])
         raise ValueError(f"{name} has NaN or inf values (first in row {bad}, shape {a.shape})")
     return a
@@ -178,7 +184,7 @@ def topk_cosine(queries: Any, base: Any, k: int, *, exclude_self: bool = False) 
         b = check_cuda_vectors(base, "base", q.shape[1])
         return similarity.topk_cuda(q, b, k, exclude_self)
     q = np.ascontiguousarray(check_vectors(queries, "queries"), dtype=np.float32)
-    b = np.ascontiguousarray(check_vectors(base, "base", q.shape[1]))
+    b = np.ascontiguousarray(check_vectors(base, "base", q.shape[1], check_finite=False))
     scores, ids = similarity.topk_cpu(q, b, k, exclude_self)
     return like_input(scores, queries), like_input(ids, queries)
 
@@ -198,7 +204,7 @@ def centroid_distance(x: Any, centroids: Any) -> tuple[Any, Any]:
         best, nearest = similarity.nearest_centroid_cuda(a, c)
         return 1.0 - best, nearest
     c = np.ascontiguousarray(check_vectors(centroids, "centroids"), dtype=np.float32)
-    a = np.ascontiguousarray(check_vectors(x, "x", c.shape[1]))
+    a = np.ascontiguousarray(check_vectors(x, "x", c.shape[1], check_finite=False))
     if len(c) == 0:
         raise ValueError("centroids is empty")
     best, nearest = similarity.nearest_centroid_cpu(a, c)
@@ -212,7 +218,7 @@ def centroid_distances(x: Any, centroids: Any) -> Any:
         a = check_cuda_vectors(x, "x", c.shape[1]).astype("float32")
         return 1.0 - a.original @ c.original.T
     c = np.ascontiguousarray(check_vectors(centroids, "centroids"), dtype=np.float32)
-    a = np.ascontiguousarray(check_vectors(x, "x", c.shape[1]))
+    a = np.ascontiguousarray(check_vectors(x, "x", c.shape[1], check_finite=False))
     scores = similarity.centroid_scores_cpu(a, c)
     return like_input(np.subtract(1.0, scores, out=scores), x)
 
@@ -232,7 +238,8 @@ def pairs_above(x: Any, threshold: float, *, y: Any = None) -> tuple[Any, Any, A
         a = check_cuda_vectors(x, "x")
         b = None if y is None else check_cuda_vectors(y, "y", a.shape[1])
         return similarity.pairs_cuda(a, threshold, b)
-    a = np.ascontiguousarray(check_vectors(x, "x"))
-    b = None if y is None else np.ascontiguousarray(check_vectors(y, "y", a.shape[1]))
+    a = np.ascontiguousarray(check_vectors(x, "x", check_finite=False))
+    b = None if y is None else check_vectors(y, "y", a.shape[1], check_finite=False)
+    b = None if b is None else np.ascontiguousarray(b)
     i, j, s = similarity.pairs_cpu(a, threshold, b)
     return like_input(i, x), like_input(j, x), like_input(s, x)

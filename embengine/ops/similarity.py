@@ -22,8 +22,9 @@ from embengine.ops._arrays import CudaArray, cuda_array
 # The native scan beats BLAS tiles while the base is read once for few queries; above this
 # many queries the sgemm tiles win (benchmarks/bench_kernels.py measures the crossover).
 SCAN_MAX_QUERIES = 32
-# Likewise for centroids: the fused native pass up to this many, sgemm tiles above.
-FUSED_MAX_CENTROIDS = 16
+# Likewise for centroids: the fused native pass (register-blocked, at sgemm speed per core
+# in our measurements up to 64 centroids, and with no (n, c) temporary) up to this many.
+FUSED_MAX_CENTROIDS = 64
 TILE_ROWS = 1024  # query rows per score tile
 TILE_COLS = 4096  # base rows per score tile (a (1024, 4096) float32 tile is 16 MiB)
 GPU_TILE_ELEMENTS = 1 << 24  # scores per GPU tile (64 MiB): wide tiles, few launches
@@ -31,6 +32,29 @@ GPU_PAIRS_CAPACITY = 1 << 16  # first size of the GPU pair buffers; they double 
 
 EMPTY_SCORE = -np.inf  # score of an empty top-k slot (k > n)
 EMPTY_ID = -1  # id of an empty top-k slot
+
+
+def _require_finite(not_finite: int, *named: tuple[str, np.ndarray]) -> None:
+    """Raise when a kernel met non-finite scores, naming the array and row that caused them.
+
+    With finite queries, a NaN or inf anywhere in a data row makes every one of its scores
+    non-finite, so counting non-finite scores in the kernels checks the data for free
+    instead of in a separate pass over it.
+    """
+    if not not_finite:
+        return
+    for name, a in named:
+        bad = ~np.isfinite(a).all(axis=1)
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise ValueError(f"{name} has NaN or inf values (first in row {row}, shape {a.shape})")
+    raise ValueError(f"{not_finite} scores overflowed float32: the vectors are too large")
+
+
+def _matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out = a @ b.T; overflow / NaN are counted by the selection kernels, not warned here."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.matmul(a, b.T, out=out)
 
 
 def _blocks(n: int, size: int) -> Iterator[tuple[int, int]]:
@@ -56,7 +80,7 @@ def topk_cpu(
     if len(q) == 0 or len(b) == 0:
         return scores, ids
     if len(q) <= SCAN_MAX_QUERIES:
-        _native.topk_scan(q, b, scores, ids, 0, exclude_self, 0)
+        _require_finite(_native.topk_scan(q, b, scores, ids, 0, exclude_self, 0), ("base", b))
     else:
         tile = np.empty(TILE_ROWS * TILE_COLS, dtype=np.float32)
         converted = np.empty(TILE_COLS * b.shape[1], dtype=np.float32)
@@ -64,8 +88,9 @@ def topk_cpu(
             base_tile = _as_f32(b[b0:b1], converted)
             for q0, q1 in _blocks(len(q), TILE_ROWS):
                 out = tile[: (q1 - q0) * (b1 - b0)].reshape(q1 - q0, b1 - b0)
-                np.matmul(q[q0:q1], base_tile.T, out=out)
-                _native.topk_offer_tile(out, scores[q0:q1], ids[q0:q1], b0, exclude_self, q0)
+                _matmul(q[q0:q1], base_tile, out)
+                bad = _native.topk_offer_tile(out, scores[q0:q1], ids[q0:q1], b0, exclude_self, q0)
+                _require_finite(bad, ("base", b))
     _native.topk_finish(scores, ids)
     return scores, ids
 
@@ -73,19 +98,21 @@ def topk_cpu(
 def nearest_centroid_cpu(x: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(best score, index) per row of x over the centroids c (float32, C-contiguous)."""
     if len(c) <= FUSED_MAX_CENTROIDS:
-        return _native.nearest_centroid(x, c)
+        best, index, bad = _native.nearest_centroid(x, c)
+        _require_finite(bad, ("x", x))
+        return best, index
     best = np.empty(len(x), dtype=np.float32)
     index = np.empty(len(x), dtype=np.int64)
     tile = np.empty(TILE_ROWS * len(c), dtype=np.float32)
     converted = np.empty(TILE_ROWS * x.shape[1], dtype=np.float32)
     for r0, r1 in _blocks(len(x), TILE_ROWS):
         out = tile[: (r1 - r0) * len(c)].reshape(r1 - r0, len(c))
-        np.matmul(_as_f32(x[r0:r1], converted), c.T, out=out)
+        _matmul(_as_f32(x[r0:r1], converted), c, out)
         heap_s = best[r0:r1].reshape(-1, 1)
         heap_i = index[r0:r1].reshape(-1, 1)
         heap_s.fill(EMPTY_SCORE)
         heap_i.fill(EMPTY_ID)
-        _native.topk_offer_tile(out, heap_s, heap_i, 0, False, 0)
+        _require_finite(_native.topk_offer_tile(out, heap_s, heap_i, 0, False, 0), ("x", x))
     return best, index
 
 
@@ -94,7 +121,8 @@ def centroid_scores_cpu(x: np.ndarray, c: np.ndarray) -> np.ndarray:
     out = np.empty((len(x), len(c)), dtype=np.float32)
     converted = np.empty(TILE_ROWS * x.shape[1], dtype=np.float32)
     for r0, r1 in _blocks(len(x), TILE_ROWS):
-        np.matmul(_as_f32(x[r0:r1], converted), c.T, out=out[r0:r1])
+        _matmul(_as_f32(x[r0:r1], converted), c, out[r0:r1])
+    _require_finite(int((~np.isfinite(out)).sum()), ("x", x))
     return out
 
 
@@ -114,8 +142,10 @@ def pairs_cpu(
         for c0, c1 in _blocks(len(other) - (r0 if y is None else 0), TILE_COLS):
             c0, c1 = (c0 + r0, c1 + r0) if y is None else (c0, c1)
             out = tile[: (r1 - r0) * (c1 - c0)].reshape(r1 - r0, c1 - c0)
-            np.matmul(rows, _as_f32(other[c0:c1], conv_cols).T, out=out)
-            block.append(_native.pairs_in_tile(out, r0, c0, threshold, y is None and c0 < r1))
+            _matmul(rows, _as_f32(other[c0:c1], conv_cols), out)
+            *pairs, bad = _native.pairs_in_tile(out, r0, c0, threshold, y is None and c0 < r1)
+            _require_finite(bad, ("x", x), ("y", other))
+            block.append(tuple(pairs))
         found.extend(_row_major(block))
     if not found:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)

@@ -125,6 +125,9 @@ EMB_HD inline int64_t next_pow2(int64_t n) {
 
 namespace cpu {
 
+// The scanning kernels below return how many scores were not finite (NaN / inf in the data,
+// or float32 overflow). Such scores are skipped, never ranked; callers raise when it is > 0.
+
 /// out[a * ldo + b] = dot(A row a, B row b) for a < na, b < nb. A: na * d float32;
 /// B: nb * d float32 or (B16) float16 bits. Each pair's sum runs in the same order wherever
 /// it falls in the tile, so equal rows give bit-equal scores (ties stay ties).
@@ -136,15 +139,15 @@ void dot_tile_f16(const float* a, int64_t na, const uint16_t* b, int64_t nb, int
 /// Top-k of q queries over n base rows (ids base_offset + row), scanned natively: the
 /// bandwidth-bound few-query path. Offers every score to the heaps (q * k, worst at root);
 /// with exclude_self, query r never takes id self_offset + r.
-void topk_scan_f32(const float* queries, int64_t q, const float* base, int64_t n, int64_t d,
+int64_t topk_scan_f32(const float* queries, int64_t q, const float* base, int64_t n, int64_t d,
                    int64_t base_offset, int64_t k, float* heap_scores, int64_t* heap_ids,
                    bool exclude_self, int64_t self_offset);
-void topk_scan_f16(const float* queries, int64_t q, const uint16_t* base, int64_t n, int64_t d,
+int64_t topk_scan_f16(const float* queries, int64_t q, const uint16_t* base, int64_t n, int64_t d,
                    int64_t base_offset, int64_t k, float* heap_scores, int64_t* heap_ids,
                    bool exclude_self, int64_t self_offset);
 
 /// Offer a (q, n) score tile (row stride ld, column c = id base_offset + c) to q heaps.
-void topk_offer_tile(const float* tile, int64_t q, int64_t n, int64_t ld, int64_t base_offset,
+int64_t topk_offer_tile(const float* tile, int64_t q, int64_t n, int64_t ld, int64_t base_offset,
                      int64_t k, float* heap_scores, int64_t* heap_ids, bool exclude_self,
                      int64_t self_offset);
 
@@ -153,9 +156,9 @@ void topk_finish(float* heap_scores, int64_t* heap_ids, int64_t q, int64_t k);
 
 /// For each of n rows of x, the highest-scoring of c centroids (lower index on ties):
 /// best_score[i] and best_index[i]. x: n * d float32 or float16 bits; centroids: c * d.
-void nearest_centroid_f32(const float* x, int64_t n, const float* centroids, int64_t c, int64_t d,
+int64_t nearest_centroid_f32(const float* x, int64_t n, const float* centroids, int64_t c, int64_t d,
                           float* best_score, int64_t* best_index);
-void nearest_centroid_f16(const uint16_t* x, int64_t n, const float* centroids, int64_t c,
+int64_t nearest_centroid_f16(const uint16_t* x, int64_t n, const float* centroids, int64_t c,
                           int64_t d, float* best_score, int64_t* best_index);
 
 /// Pairs (i, j, score) found in a tile, in row-major order.
@@ -167,7 +170,7 @@ struct PairList {
 /// Every entry >= threshold of an (nr, nc) score tile (row stride ld) whose rows are ids
 /// row0 + r and columns col0 + c, appended to `out` in row-major order; with upper_only,
 /// only entries with row id < column id (one triangle of a self-similarity).
-void pairs_in_tile(const float* tile, int64_t nr, int64_t nc, int64_t ld, int64_t row0,
+int64_t pairs_in_tile(const float* tile, int64_t nr, int64_t nc, int64_t ld, int64_t row0,
                    int64_t col0, float threshold, bool upper_only, PairList* out);
 
 }  // namespace cpu
