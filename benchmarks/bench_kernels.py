@@ -54,7 +54,8 @@ def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
 def clustered(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     """Unit rows in groups of near-duplicates, so a 0.9 threshold finds real pairs."""
     centres = unit_rows(rng, n // 8, d)
-    x = centres[rng.integers(0, len(centres), n)] + 0.025 * rng.standard_normal((n, d), np.float32)
+    noise = rng.uniform(0.005, 0.03, (n, 1)).astype(np.float32)  # pairs on both sides of 0.9
+    x = centres[rng.integers(0, len(centres), n)] + noise * rng.standard_normal((n, d), np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
