@@ -45,6 +45,24 @@ def median_seconds(
     return float(np.median(times))
 
 
+def median_each(
+    fns: dict[str, Callable[[], Any]], repeats: int, sync: Callable[[], None] = lambda: None
+) -> dict[str, float]:
+    """Median seconds of each peer, the peers taking turns in every repeat, so that a load
+    change on a shared machine hits all of them alike rather than whichever ran then."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():  # warm-up
+        fn()
+    sync()
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
 def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     x = rng.standard_normal((n, d), dtype=np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
@@ -143,9 +161,17 @@ def bench_topk_cpu(
         queries = unit_rows(rng, nq, d)
         case = f"top-{k}, {nq} q, {n}x{d}"
         reps = repeats if nq < 1000 else max(1, repeats // 2)
-        faiss_s = median_seconds(lambda q=queries: index.search(q, k), reps)
-        ours_s = median_seconds(lambda q=queries: ops.topk_cosine(q, base, k), reps)
-        ours16_s = median_seconds(lambda q=queries: ops.topk_cosine(q, base16, k), reps)
+        peers = {
+            "faiss": lambda q=queries: index.search(q, k),
+            "ours": lambda q=queries: ops.topk_cosine(q, base, k),
+            "ours16": lambda q=queries: ops.topk_cosine(q, base16, k),
+            "read": lambda: base.sum(axis=0),
+        }
+        if nq == 1000:
+            peers["sgemm"] = lambda q=queries: np.matmul(q, base.T)
+        med = median_each(peers, reps)
+        faiss_s, ours_s, ours16_s = med["faiss"], med["ours"], med["ours16"]
+        read = med["read"]
         scores, ids = ops.topk_cosine(queries, base, k)
         fd, fi = index.search(queries, k)
         ids16 = ops.topk_cosine(queries, base16, k)[1]
@@ -170,7 +196,7 @@ def bench_topk_cpu(
             ),
         )
         if nq == 1000:
-            sgemm_s = median_seconds(lambda q=queries: np.matmul(q, base.T), reps)
+            sgemm_s = med["sgemm"]
             t.add(
                 case,
                 "numpy sgemm alone (q@b.T)",
@@ -200,8 +226,11 @@ def bench_pairs_cpu(t: Table, rng: np.random.Generator, n: int, d: int, repeats:
     index.add(x)
     reps = max(1, repeats // 2)
     case = f"pairs >= 0.9, {n}x{d}"
-    faiss_s = median_seconds(lambda: index.range_search(x, 0.9), reps)
-    ours_s = median_seconds(lambda: ops.pairs_above(x, 0.9), reps)
+    med = median_each(
+        {"faiss": lambda: index.range_search(x, 0.9), "ours": lambda: ops.pairs_above(x, 0.9)},
+        reps,
+    )
+    faiss_s, ours_s = med["faiss"], med["ours"]
     i, j, _ = ops.pairs_above(x, 0.9)
     fi, fj = faiss_pairs(index, x, 0.9)
     same = len(i) == len(fi) and bool((i == fi).all() and (j == fj).all())
@@ -232,8 +261,15 @@ def bench_centroids_cpu(t: Table, rng: np.random.Generator, n: int, d: int, repe
             scores = x @ cs.T
             return 1.0 - scores.max(axis=1), scores.argmax(axis=1)
 
-        np_s = median_seconds(numpy_nearest, repeats)
-        ours_s = median_seconds(lambda cs=centroids: ops.centroid_distance(x, cs), repeats)
+        med = median_each(
+            {
+                "numpy": numpy_nearest,
+                "ours": lambda cs=centroids: ops.centroid_distance(x, cs),
+                "read": lambda: x.sum(axis=0),
+            },
+            repeats,
+        )
+        np_s, ours_s, read = med["numpy"], med["ours"], med["read"]
         same = agreement(ops.centroid_distance(x, centroids)[1], numpy_nearest()[1])
         t.add(
             case, "numpy x@c.T + argmax", np_s, nbytes=x.nbytes, gflops=2 * n * c * d / np_s / 1e9
@@ -270,12 +306,15 @@ def bench_gpu(t: Table, rng: np.random.Generator, n: int, d: int, k: int, repeat
         for nq in (1, 1000):
             queries = base32[:nq].clone()
             case = f"GPU top-{k}, {nq} q, {n}x{d} {name}"
-            torch_s = median_seconds(
-                lambda q=queries, b=base: torch.topk(q.to(b.dtype) @ b.T, k, dim=1), repeats, sync
+            med = median_each(
+                {
+                    "torch": lambda q=queries, b=base: torch.topk(q.to(b.dtype) @ b.T, k, dim=1),
+                    "ours": lambda q=queries, b=base: ops.topk_cosine(q, b, k),
+                },
+                repeats,
+                sync,
             )
-            ours_s = median_seconds(
-                lambda q=queries, b=base: ops.topk_cosine(q, b, k), repeats, sync
-            )
+            torch_s, ours_s = med["torch"], med["ours"]
             _, tid = torch.topk(queries @ base.float().T, k, dim=1)
             _, oid = ops.topk_cosine(queries, base, k)
             t.add(
@@ -305,8 +344,15 @@ def bench_gpu(t: Table, rng: np.random.Generator, n: int, d: int, k: int, repeat
     for c in (1, 64):
         cs = base32[:c].clone()
         case = f"GPU centroid distance, {n}x{d}, c={c}"
-        torch_s = median_seconds(lambda cs=cs: (x @ cs.T).max(dim=1), repeats, sync)
-        ours_s = median_seconds(lambda cs=cs: ops.centroid_distance(x, cs), repeats, sync)
+        med = median_each(
+            {
+                "torch": lambda cs=cs: (x @ cs.T).max(dim=1),
+                "ours": lambda cs=cs: ops.centroid_distance(x, cs),
+            },
+            repeats,
+            sync,
+        )
+        torch_s, ours_s = med["torch"], med["ours"]
         t.add(case, "torch matmul + max", torch_s, nbytes=x.numel() * 4)
         t.add(case, "embengine", ours_s, nbytes=x.numel() * 4, peer=torch_s)
     xp = torch.from_numpy(clustered(rng, min(n, 100_000), d)).cuda()

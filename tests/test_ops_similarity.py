@@ -356,7 +356,7 @@ def test_cuda_topk_matches_cpu(
     k: int,
     d: int,
 ) -> None:
-    monkeypatch.setattr(similarity, "GPU_TILE_ELEMENTS", 4096)  # many tiles and chunks
+    monkeypatch.setattr(similarity, "GPU_TILE_ELEMENTS", 8192)  # many tiles, many chunks
     queries, base = unit_rows(rng, q, d), unit_rows(rng, n, d).astype(dtype)
     scores, ids = ops.topk_cosine(to_gpu(queries, framework), to_gpu(base, framework), k)
     base32 = base.astype(np.float32)

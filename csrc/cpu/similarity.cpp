@@ -103,6 +103,12 @@ EMB_AVX2 void dot_tile_avx2(const float* a, int64_t na, const T* b, int64_t nb, 
   }
 }
 
+EMB_AVX2 void halves_to_floats_avx2(const uint16_t* src, float* dst, int64_t count) {
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) _mm256_storeu_ps(dst + i, load8(src + i));
+  for (; i < count; ++i) dst[i] = half_bits_to_float(src[i]);
+}
+
 bool cpu_has_avx2() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
@@ -111,6 +117,13 @@ bool cpu_has_avx2() {
 const bool kAvx2 = cpu_has_avx2();
 #endif
 
+void halves_to_floats(const uint16_t* src, float* dst, int64_t count) {
+#if EMB_HAVE_AVX2_PATH
+  if (kAvx2) return halves_to_floats_avx2(src, dst, count);
+#endif
+  for (int64_t i = 0; i < count; ++i) dst[i] = half_bits_to_float(src[i]);
+}
+
 template <typename T>
 void dot_tile(const float* a, int64_t na, const T* b, int64_t nb, int64_t d, float* out,
               int64_t ldo) {
@@ -118,6 +131,21 @@ void dot_tile(const float* a, int64_t na, const T* b, int64_t nb, int64_t d, flo
   if (kAvx2) return dot_tile_avx2(a, na, b, nb, d, out, ldo);
 #endif
   dot_tile_generic(a, na, b, nb, d, out, ldo);
+}
+
+// Dots of na rows against one block of nb data rows. A float16 block read by more than two
+// rows is converted once into `converted` (nb * d floats, L2-resident) rather than once per
+// row pair; conversion is exact, so the scores are the same either way.
+inline void dot_block_rows(const float* a, int64_t na, const float* b, int64_t nb, int64_t d,
+                           float* out, int64_t ldo, std::vector<float>&) {
+  dot_tile(a, na, b, nb, d, out, ldo);
+}
+inline void dot_block_rows(const float* a, int64_t na, const uint16_t* b, int64_t nb, int64_t d,
+                           float* out, int64_t ldo, std::vector<float>& converted) {
+  if (na <= 2) return dot_tile(a, na, b, nb, d, out, ldo);
+  converted.resize(nb * d);
+  halves_to_floats(b, converted.data(), nb * d);
+  dot_tile(a, na, converted.data(), nb, d, out, ldo);
 }
 
 // Offer one row of scores (ids first_id + c) to a heap; most scores fail the root check.
@@ -150,12 +178,12 @@ int64_t topk_scan(const float* queries, int64_t q, const T* base, int64_t n, int
   {
     std::vector<float> hs(q * k, kEmpty);
     std::vector<int64_t> hi(q * k, kNoId);
-    std::vector<float> tile(q * kScanRows);
+    std::vector<float> tile(q * kScanRows), converted;
 #pragma omp for schedule(dynamic, 4)
     for (int64_t blk = 0; blk < blocks; ++blk) {
       const int64_t r0 = blk * kScanRows;
       const int64_t rows = n - r0 < kScanRows ? n - r0 : kScanRows;
-      dot_tile(queries, q, base + r0 * d, rows, d, tile.data(), kScanRows);
+      dot_block_rows(queries, q, base + r0 * d, rows, d, tile.data(), kScanRows, converted);
       for (int64_t r = 0; r < q; ++r) {
         not_finite += offer_row(tile.data() + r * kScanRows, rows, base_offset + r0, hs.data() + r * k,
                   hi.data() + r * k, k, exclude_self ? self_offset + r : kNoId);
@@ -179,12 +207,12 @@ int64_t nearest_centroid(const T* x, int64_t n, const float* centroids, int64_t 
   int64_t not_finite = 0;
 #pragma omp parallel if (n * c * d > (1 << 18)) reduction(+ : not_finite)
   {
-    std::vector<float> tile(c * kScanRows);
+    std::vector<float> tile(c * kScanRows), converted;
 #pragma omp for schedule(dynamic, 4)
     for (int64_t blk = 0; blk < blocks; ++blk) {
       const int64_t r0 = blk * kScanRows;
       const int64_t rows = n - r0 < kScanRows ? n - r0 : kScanRows;
-      dot_tile(centroids, c, x + r0 * d, rows, d, tile.data(), kScanRows);
+      dot_block_rows(centroids, c, x + r0 * d, rows, d, tile.data(), kScanRows, converted);
       for (int64_t r = 0; r < rows; ++r) {
         float best = tile[r];
         int64_t arg = 0;
