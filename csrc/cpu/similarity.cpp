@@ -5,10 +5,6 @@
 
 #include "embengine/similarity.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define EMB_HAVE_AVX2_PATH 1
@@ -22,14 +18,6 @@ namespace {
 
 constexpr int64_t kScanRows = 128;  // base rows per dot tile in the scan paths (L2-resident)
 constexpr float kEmpty = -std::numeric_limits<float>::infinity();
-
-inline int omp_threads() {
-#ifdef _OPENMP
-  return omp_get_num_threads();
-#else
-  return 1;
-#endif
-}
 
 inline float to_float(float v) { return v; }
 inline float to_float(uint16_t v) { return half_bits_to_float(v); }
@@ -109,6 +97,29 @@ EMB_AVX2 void halves_to_floats_avx2(const uint16_t* src, float* dst, int64_t cou
   for (; i < count; ++i) dst[i] = half_bits_to_float(src[i]);
 }
 
+// Calls on(c) for every c < n where row[c] >= *bound or row[c] is not finite, eight lanes
+// per compare; on() may raise *bound, and must re-check its lane (the chunk was masked first).
+template <typename On>
+EMB_AVX2 void scan_candidates_avx2(const float* row, int64_t n, const float* bound, On&& on) {
+  const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+  const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    const __m256 v = _mm256_loadu_ps(row + c);
+    const __m256 above = _mm256_cmp_ps(v, _mm256_set1_ps(*bound), _CMP_GE_OQ);
+    const __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+    const __m256 infinite = _mm256_cmp_ps(_mm256_and_ps(v, magnitude), inf, _CMP_EQ_OQ);
+    unsigned mask = _mm256_movemask_ps(_mm256_or_ps(above, _mm256_or_ps(nan, infinite)));
+    while (mask) {
+      on(c + __builtin_ctz(mask));
+      mask &= mask - 1;
+    }
+  }
+  for (; c < n; ++c) {
+    if (!(row[c] < *bound) || !std::isfinite(row[c])) on(c);
+  }
+}
+
 bool cpu_has_avx2() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
@@ -133,6 +144,16 @@ void dot_tile(const float* a, int64_t na, const T* b, int64_t nb, int64_t d, flo
   dot_tile_generic(a, na, b, nb, d, out, ldo);
 }
 
+template <typename On>
+void scan_candidates(const float* row, int64_t n, const float* bound, On&& on) {
+#if EMB_HAVE_AVX2_PATH
+  if (kAvx2) return scan_candidates_avx2(row, n, bound, on);
+#endif
+  for (int64_t c = 0; c < n; ++c) {
+    if (!(row[c] < *bound) || !std::isfinite(row[c])) on(c);
+  }
+}
+
 // Dots of na rows against one block of nb data rows. A float16 block read by more than two
 // rows is converted once into `converted` (nb * d floats, L2-resident) rather than once per
 // row pair; conversion is exact, so the scores are the same either way.
@@ -155,16 +176,16 @@ inline int64_t offer_row(const float* row, int64_t n, int64_t first_id, float* h
                          int64_t k, int64_t skip_id) {
   float worst = hs[0];
   int64_t not_finite = 0;
-  for (int64_t c = 0; c < n; ++c) {
-    if (row[c] < worst && row[c] > kEmpty) continue;
-    if (!std::isfinite(row[c])) {
+  scan_candidates(row, n, &worst, [&](int64_t c) {
+    const float v = row[c];
+    if (!std::isfinite(v)) {
       ++not_finite;
-      continue;
+      return;
     }
     const int64_t id = first_id + c;
-    if (id == skip_id) continue;
-    if (heap_offer(hs, hi, k, row[c], id)) worst = hs[0];
-  }
+    if (id == skip_id) return;
+    if (heap_offer(hs, hi, k, v, id)) worst = hs[0];
+  });
   return not_finite;
 }
 
@@ -290,36 +311,23 @@ int64_t nearest_centroid_f16(const uint16_t* x, int64_t n, const float* centroid
 
 int64_t pairs_in_tile(const float* tile, int64_t nr, int64_t nc, int64_t ld, int64_t row0,
                       int64_t col0, float threshold, bool upper_only, PairList* out) {
+  // Serial for the reason topk_offer_tile is: a vectorised pass between two BLAS calls.
   int64_t not_finite = 0;
-#pragma omp parallel if (nr * nc > (1 << 16)) reduction(+ : not_finite)
-  {
-    PairList mine;
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < nr; ++r) {
-      const float* row = tile + r * ld;
-      // in the diagonal tile of a self-similarity, columns up to the row's own id are skipped
-      int64_t c = upper_only ? row0 + r + 1 - col0 : 0;
-      if (c < 0) c = 0;
-      for (int64_t t = 0; t < nc; ++t) not_finite += std::isfinite(row[t]) ? 0 : 1;
-      for (; c < nc; ++c) {
-        if (row[c] >= threshold) {
-          mine.i.push_back(row0 + r);
-          mine.j.push_back(col0 + c);
-          mine.score.push_back(row[c]);
-        }
+  for (int64_t r = 0; r < nr; ++r) {
+    const float* row = tile + r * ld;
+    // in the diagonal tile of a self-similarity, columns up to the row's own id are skipped
+    // (but still checked for non-finite scores)
+    const int64_t first = upper_only ? row0 + r + 1 - col0 : 0;
+    scan_candidates(row, nc, &threshold, [&](int64_t c) {
+      const float v = row[c];
+      if (!std::isfinite(v)) {
+        ++not_finite;
+      } else if (c >= first && v >= threshold) {
+        out->i.push_back(row0 + r);
+        out->j.push_back(col0 + c);
+        out->score.push_back(v);
       }
-    }
-    // static schedule: thread t holds one contiguous run of rows, so appending in thread
-    // order keeps the row-major order
-#pragma omp for schedule(static, 1) ordered
-    for (int t = 0; t < omp_threads(); ++t) {
-#pragma omp ordered
-      {
-        out->i.insert(out->i.end(), mine.i.begin(), mine.i.end());
-        out->j.insert(out->j.end(), mine.j.begin(), mine.j.end());
-        out->score.insert(out->score.end(), mine.score.begin(), mine.score.end());
-      }
-    }
+    });
   }
   return not_finite;
 }
