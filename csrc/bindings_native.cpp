@@ -79,8 +79,16 @@ void normalize_rows(py::array& x, float eps) {
   cpu::normalize_rows_f32(data, n, d, eps);
 }
 
-bool is_f32(const py::array& a) { return py::dtype::of<float>().is(a.dtype()); }
-bool is_f16(const py::array& a) { return a.dtype().kind() == 'f' && a.dtype().itemsize() == 2; }
+// By kind, size and native byte order, not dtype identity: arrays from other producers
+// (Ray's object store, pickles) carry equal dtypes that are distinct objects.
+bool native_float(const py::array& a, py::ssize_t size) {
+  constexpr char kNative = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? '<' : '>';
+  const char order = a.dtype().byteorder();
+  return a.dtype().kind() == 'f' && a.dtype().itemsize() == size &&
+         (order == '=' || order == '|' || order == kNative);
+}
+bool is_f32(const py::array& a) { return native_float(a, 4); }
+bool is_f16(const py::array& a) { return native_float(a, 2); }
 
 // A C-contiguous (rows, cols) matrix of the given dtype, or ValueError naming it.
 void require_matrix(const py::array& a, const char* name, bool allow_f16 = false) {
@@ -191,16 +199,26 @@ py::array_t<T> to_numpy_1d(const std::vector<T>& v) {
   return out;
 }
 
-py::tuple pairs_in_tile(const py::array& tile, int64_t row0, int64_t col0, float threshold,
+py::tuple pairs_in_tile(const py::array& tile, const py::array& rows, const py::array& cols,
+                        int64_t row0, int64_t col0, float threshold, float margin,
                         bool upper_only) {
   const int64_t ld = require_tile(tile);
+  require_matrix(rows, "rows");
+  require_matrix(cols, "cols");
+  require(rows.shape(0) == tile.shape(0) && cols.shape(0) == tile.shape(1) &&
+              rows.shape(1) == cols.shape(1),
+          "rows " + shape_of(rows) + " and cols " + shape_of(cols) + " do not match tile " +
+              shape_of(tile));
   const auto* t = static_cast<const float*>(tile.data());
-  const int64_t nr = tile.shape(0), nc = tile.shape(1);
+  const auto* rp = static_cast<const float*>(rows.data());
+  const auto* cp = static_cast<const float*>(cols.data());
+  const int64_t nr = tile.shape(0), nc = tile.shape(1), d = rows.shape(1);
   cpu::PairList found;
   int64_t not_finite = 0;
   {
     py::gil_scoped_release release;
-    not_finite = cpu::pairs_in_tile(t, nr, nc, ld, row0, col0, threshold, upper_only, &found);
+    not_finite = cpu::pairs_in_tile(t, nr, nc, ld, rp, cp, d, row0, col0, threshold, margin,
+                                    upper_only, &found);
   }
   return py::make_tuple(to_numpy_1d(found.i), to_numpy_1d(found.j), to_numpy_1d(found.score),
                         not_finite);
@@ -338,9 +356,11 @@ PYBIND11_MODULE(_native, m) {
   m.def("nearest_centroid", &nearest_centroid, py::arg("x"), py::arg("centroids"),
         "(best, index, not_finite): highest inner product of each row of x with c centroids, "
         "its index (lowest on ties), and how many rows met a non-finite score.");
-  m.def("pairs_in_tile", &pairs_in_tile, py::arg("tile"), py::arg("row0"), py::arg("col0"),
-        py::arg("threshold"), py::arg("upper_only"),
-        "(i, j, score, not_finite) of every tile entry >= threshold, row-major; rows are ids "
+  m.def("pairs_in_tile", &pairs_in_tile, py::arg("tile"), py::arg("rows"), py::arg("cols"),
+        py::arg("row0"), py::arg("col0"), py::arg("threshold"), py::arg("margin"),
+        py::arg("upper_only"),
+        "(i, j, score, not_finite): pairs >= threshold of the tile rows @ cols.T, row-major; "
+        "tile entries >= threshold - margin are re-scored with the native dot; rows are ids "
         "row0 + r, columns col0 + c; upper_only keeps i < j.");
   m.def("dot_tile", &dot_tile, py::arg("a"), py::arg("b"),
         "a @ b.T with the native SIMD kernel (float32 a, float32 or float16 b).");

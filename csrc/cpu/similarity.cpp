@@ -309,23 +309,30 @@ int64_t nearest_centroid_f16(const uint16_t* x, int64_t n, const float* centroid
   return nearest_centroid(x, n, centroids, c, d, best_score, best_index);
 }
 
-int64_t pairs_in_tile(const float* tile, int64_t nr, int64_t nc, int64_t ld, int64_t row0,
-                      int64_t col0, float threshold, bool upper_only, PairList* out) {
+int64_t pairs_in_tile(const float* tile, int64_t nr, int64_t nc, int64_t ld, const float* rows,
+                      const float* cols, int64_t d, int64_t row0, int64_t col0, float threshold,
+                      float margin, bool upper_only, PairList* out) {
   // Serial for the reason topk_offer_tile is: a vectorised pass between two BLAS calls.
+  const float candidate = threshold - margin;
   int64_t not_finite = 0;
   for (int64_t r = 0; r < nr; ++r) {
     const float* row = tile + r * ld;
     // in the diagonal tile of a self-similarity, columns up to the row's own id are skipped
     // (but still checked for non-finite scores)
     const int64_t first = upper_only ? row0 + r + 1 - col0 : 0;
-    scan_candidates(row, nc, &threshold, [&](int64_t c) {
-      const float v = row[c];
-      if (!std::isfinite(v)) {
+    scan_candidates(row, nc, &candidate, [&](int64_t c) {
+      if (!std::isfinite(row[c])) {
         ++not_finite;
-      } else if (c >= first && v >= threshold) {
+        return;
+      }
+      if (c < first) return;
+      // the kept score is the native dot, whose summation order never depends on the tile
+      float score;
+      dot_tile(rows + r * d, 1, cols + c * d, 1, d, &score, 1);
+      if (score >= threshold) {
         out->i.push_back(row0 + r);
         out->j.push_back(col0 + c);
-        out->score.push_back(v);
+        out->score.push_back(score);
       }
     });
   }

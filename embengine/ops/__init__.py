@@ -228,7 +228,9 @@ def pairs_above(x: Any, threshold: float, *, y: Any = None) -> tuple[Any, Any, A
 
     One set: pairs i < j. Two sets (y given): every (i in x, j in y). i and j are int64,
     score float32; the output grows with the pairs found (no cap). Blocked: memory is the
-    output plus one score tile.
+    output plus one score tile. On the CPU the sgemm tiles only nominate candidates (with a
+    proven rounding margin) and each kept score is re-computed by one native dot, so the
+    pairs and scores do not depend on how the rows are cut into blocks (Ray tasks included).
     """
     threshold = float(threshold)
     if not np.isfinite(threshold):

@@ -131,6 +131,7 @@ def pairs_cpu(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every (i, j, score) with score >= threshold, sorted by (i, j); i < j when y is None."""
     other = x if y is None else y
+    margin = _rounding_bound(x, other)
     tile = np.empty(TILE_ROWS * TILE_COLS, dtype=np.float32)
     conv_rows = np.empty(TILE_ROWS * x.shape[1], dtype=np.float32)
     conv_cols = np.empty(TILE_COLS * x.shape[1], dtype=np.float32)
@@ -142,8 +143,10 @@ def pairs_cpu(
         for c0, c1 in _blocks(len(other) - (r0 if y is None else 0), TILE_COLS):
             c0, c1 = (c0 + r0, c1 + r0) if y is None else (c0, c1)
             out = tile[: (r1 - r0) * (c1 - c0)].reshape(r1 - r0, c1 - c0)
-            _matmul(rows, _as_f32(other[c0:c1], conv_cols), out)
-            *pairs, bad = _native.pairs_in_tile(out, r0, c0, threshold, y is None and c0 < r1)
+            cols = _as_f32(other[c0:c1], conv_cols)
+            _matmul(rows, cols, out)
+            upper = y is None and c0 < r1
+            *pairs, bad = _native.pairs_in_tile(out, rows, cols, r0, c0, threshold, margin, upper)
             _require_finite(bad, ("x", x), ("y", other))
             block.append(tuple(pairs))
         found.extend(_row_major(block))
@@ -151,6 +154,23 @@ def pairs_cpu(
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
     i, j, s = (np.concatenate(parts) for parts in zip(*found, strict=True))
     return i, j, s
+
+
+def _rounding_bound(x: np.ndarray, y: np.ndarray) -> float:
+    """A bound on |BLAS fp32 dot - exact dot| for any row pair: gamma_d * max|x| * max|y|.
+
+    (|fl(x.y) - x.y| <= gamma_d * sum|x_i y_i| <= gamma_d |x| |y|, gamma_d = d u / (1 - d u).)
+    """
+    if not len(x) or not len(y):
+        return 0.0
+    d = x.shape[1]
+    u = 2.0**-24
+    gamma = d * u / (1 - d * u)
+    norms = [
+        float(np.sqrt(max(float(np.einsum("ij,ij->i", b, b, dtype=np.float64).max()), 0.0)))
+        for b in (x, y)
+    ]
+    return float(2 * gamma * norms[0] * norms[1])
 
 
 def _row_major(

@@ -167,11 +167,16 @@ struct PairList {
   std::vector<float> score;
 };
 
-/// Every entry >= threshold of an (nr, nc) score tile (row stride ld) whose rows are ids
+/// Every pair >= threshold of an (nr, nc) score tile (row stride ld) whose rows are ids
 /// row0 + r and columns col0 + c, appended to `out` in row-major order; with upper_only,
-/// only entries with row id < column id (one triangle of a self-similarity).
-int64_t pairs_in_tile(const float* tile, int64_t nr, int64_t nc, int64_t ld, int64_t row0,
-                   int64_t col0, float threshold, bool upper_only, PairList* out);
+/// only pairs with row id < column id (one triangle of a self-similarity). The tile (from
+/// BLAS, whose rounding depends on blocking) only nominates candidates, entries >= threshold
+/// - margin where margin bounds its rounding error; each candidate's kept score is the
+/// native dot of rows[r] (nr * d) and cols[c] (nc * d), so the pairs and scores are the same
+/// however the work was cut into tiles or blocks.
+int64_t pairs_in_tile(const float* tile, int64_t nr, int64_t nc, int64_t ld, const float* rows,
+                      const float* cols, int64_t d, int64_t row0, int64_t col0, float threshold,
+                      float margin, bool upper_only, PairList* out);
 
 }  // namespace cpu
 }  // namespace embengine
