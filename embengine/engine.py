@@ -105,7 +105,7 @@ class Engine:
             "precision": self.encoder.precision,
             "batch_tokens": self.batch_tokens,
             "max_batch_size": self.max_batch_size,
-            **getattr(self.encoder, "details", {}),
+            **self.encoder.details,
         }
 
     def embed(self, texts: Iterable[str], *, progress: bool = False) -> np.ndarray:

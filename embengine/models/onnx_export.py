@@ -18,6 +18,7 @@ import io
 import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -112,23 +113,28 @@ def export(spec: ModelSpec, *, precision: str, variant: str = "fused", opset: in
 
     module = BertEncoder.from_dir(spec.path, spec.config, spec.weights_file)
     module.explicit_attention = True
-    example = torch.ones((2, 8), dtype=torch.int64)
     buffer = io.BytesIO()
-    torch.onnx.export(
-        module,
-        (example, example),
-        buffer,
-        input_names=["input_ids", "attention_mask"],
-        output_names=["states"],
-        dynamic_axes={
-            "input_ids": {0: "batch", 1: "tokens"},
-            "attention_mask": {0: "batch", 1: "tokens"},
-            "states": {0: "batch", 1: "tokens"},
-        },
-        opset_version=opset,
-        do_constant_folding=True,
-        dynamo=False,  # the TorchScript exporter gives the node pattern ORT's fusions expect
-    )
+    with warnings.catch_warnings():
+        # The legacy exporter is chosen on purpose (dynamo=False below); the tracer's notes
+        # about sizes turned into constants concern fixed sizes only (the head dimension).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        example = torch.ones((2, 8), dtype=torch.int64)
+        torch.onnx.export(
+            module,
+            (example, example),
+            buffer,
+            input_names=["input_ids", "attention_mask"],
+            output_names=["states"],
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "tokens"},
+                "attention_mask": {0: "batch", 1: "tokens"},
+                "states": {0: "batch", 1: "tokens"},
+            },
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,  # the TorchScript exporter gives the node pattern ORT's fusions expect
+        )
     if variant == "plain":
         if precision != "fp32":
             raise ValueError("the plain graph (TensorRT) is exported in fp32; TensorRT picks fp16")
