@@ -109,9 +109,13 @@ def stream_batches(
     *,
     batch_tokens: int,
     max_batch_size: int,
-    chunk_texts: int = CHUNK_TEXTS,
+    chunk_texts: int | None = None,
 ) -> Iterator[Chunk]:
-    """Chunks of padded, length-sorted batches, the next one prepared while this one is used."""
+    """Chunks of padded, length-sorted batches, the next one prepared while this one is used.
+
+    `chunk_texts` defaults to CHUNK_TEXTS.
+    """
+    chunk_texts = CHUNK_TEXTS if chunk_texts is None else chunk_texts
     if chunk_texts < 1:
         raise ValueError(f"chunk_texts must be positive, got {chunk_texts}")
 

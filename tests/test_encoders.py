@@ -69,10 +69,15 @@ def test_batch_size_and_order_do_not_change_results(
     one_by_one = Engine(device="cpu", backend=key[0], precision=key[1], max_batch_size=1)
     order = np.random.default_rng(0).permutation(len(texts))
     shuffled = engine.embed([texts[i] for i in order])
-    # int8 quantises activations per batch, so its results move a little with batching.
-    atol = 2e-2 if key[1] == "int8" else 2e-6
-    np.testing.assert_allclose(one_by_one.embed(texts), reference, atol=atol)
-    np.testing.assert_allclose(shuffled, reference[order], atol=atol)
+    single = one_by_one.embed(texts)
+    if key[1] == "int8":
+        # int8 quantises activations with one scale per batch, so its vectors move a little
+        # with the batch they are in: bounded by cosine, not elementwise.
+        assert (single * reference).sum(axis=1).min() >= 0.97
+        assert (shuffled * reference[order]).sum(axis=1).min() >= 0.97
+        return
+    np.testing.assert_allclose(single, reference, atol=2e-6)
+    np.testing.assert_allclose(shuffled, reference[order], atol=2e-6)
 
 
 def test_overlapped_chunks_give_the_same_vectors(
@@ -141,7 +146,7 @@ def test_precisions_are_checked_per_backend_and_device(engine: Engine) -> None:
         OnnxEncoder(engine.spec, Device.CPU, "bf16")
     with pytest.raises(ValueError, match=r"runs fp16 only on \['cuda'\]"):
         OnnxEncoder(engine.spec, Device.CPU, "fp16")
-    with pytest.raises(ValueError, match="runs fp32 on the CPU, not int8"):
+    with pytest.raises(ValueError, match="precision must be one of"):
         Engine(device="cpu", backend="torch", precision="int8")
     with pytest.raises(RuntimeError, match="onnx-tensorrt backend needs a CUDA device"):
         OnnxEncoder(engine.spec, Device.CPU, tensorrt=True)

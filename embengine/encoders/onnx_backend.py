@@ -72,7 +72,8 @@ class OnnxEncoder:
         if device is Device.CUDA and "CUDAExecutionProvider" not in available:
             reason = (
                 f"ONNX Runtime has no CUDA provider (installed: {ort_distribution()}; "
-                "for CUDA: pip uninstall -y onnxruntime && pip install 'embengine[onnx-gpu]')"
+                "for CUDA install onnxruntime-gpu instead: pip uninstall -y onnxruntime && "
+                "pip install 'embengine[onnx-gpu]')"
             )
             if not fallback_to_cpu:
                 raise RuntimeError(f"device='cuda' with the onnx backend: {reason}")
