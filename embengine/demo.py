@@ -46,6 +46,51 @@ def demo_embed(engine: Engine) -> None:
     print(f"\nthroughput: {len(bulk) / seconds:.0f} texts/s on {len(bulk)} distinct texts")
 
 
+def bundled_tickets() -> list[tuple[str, str, str]]:
+    """(split, label, text) rows of the bundled support tickets (embengine/data/tickets.tsv)."""
+    rows = [line.split("\t") for line in sample_texts("tickets.tsv") if not line.startswith("#")]
+    return [(split, label, text) for split, label, text in rows]
+
+
+def bundled_events() -> tuple[list[str], list[str]]:
+    """The bundled event log split as (normal history, stream to judge)."""
+    lines = [line for line in sample_texts("events.log") if not line.startswith("#")]
+    return lines[:40], lines[40:]
+
+
+def demo_classify(engine: Engine) -> None:
+    section("classify: support tickets from a few examples, a class added at run time")
+    rows = bundled_tickets()
+    examples: dict[str, list[str]] = {}
+    for split, label, text in rows:
+        if split == "train":
+            examples.setdefault(label, []).append(text)
+    clf = engine.classifier(examples)
+    print(f"{len(clf.labels)} labels from {sum(clf.counts().values())} examples, no training")
+    query = "Please cancel my account, I am leaving"
+    print(f"  {query!r} -> {clf.predict([query])[0]} (no 'cancel' class yet)")
+    clf.add_examples("cancel", [text for split, label, text in rows if split == "new"])
+    print(
+        f"  added 'cancel' from {clf.counts()['cancel']} examples: {query!r} -> "
+        f"{clf.predict([query])[0]}"
+    )
+    test = [(label, text) for split, label, text in rows if split == "test"]
+    predicted = clf.predict([text for _, text in test])
+    correct = sum(p == label for p, (label, _) in zip(predicted, test, strict=True))
+    print(f"  held-out tickets: {correct}/{len(test)} correct")
+
+
+def demo_anomaly(engine: Engine) -> None:
+    section("anomaly: an event stream judged against its recent normal traffic")
+    history, stream = bundled_events()
+    detector = engine.anomaly_detector(window=1000, quantile=0.99)
+    detector.fit(history)
+    print(f"fitted on {len(history)} normal lines; threshold {detector.threshold:.3f}")
+    for event in detector.process(stream):
+        mark = "ANOMALY" if event.anomalous else "       "
+        print(f"  {mark} {event.score:.3f}  {event.text}")
+
+
 def main() -> None:
     started = time.perf_counter()
     engine = Engine()
@@ -56,6 +101,8 @@ def main() -> None:
         f"{time.perf_counter() - started:.1f} s"
     )
     demo_embed(engine)
+    demo_classify(engine)
+    demo_anomaly(engine)
 
 
 if __name__ == "__main__":

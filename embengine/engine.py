@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,6 +15,10 @@ from embengine.batching import Chunk, TextTokenizer, stream_batches
 from embengine.device import Device, cuda_unavailable_reason, resolve_device
 from embengine.encoders import Encoder, make_encoder
 from embengine.models import ModelSpec, load_model_spec
+
+if TYPE_CHECKING:
+    from embengine.tasks.anomaly import AnomalyDetector
+    from embengine.tasks.classify import Classifier
 
 log = logging.getLogger("embengine")
 
@@ -130,6 +135,20 @@ class Engine:
         self.last_stats = stats
         self.stats += stats
         return vectors[inverse.reshape(-1)] if len(items) else vectors
+
+    def classifier(
+        self, examples: Mapping[Hashable, Sequence[str]] | None = None, **options: Any
+    ) -> Classifier:
+        """A classifier from labelled examples (embengine.tasks.classify.Classifier)."""
+        from embengine.tasks.classify import Classifier
+
+        return Classifier(self, examples, **options)
+
+    def anomaly_detector(self, **options: Any) -> AnomalyDetector:
+        """A rolling-window anomaly detector (embengine.tasks.anomaly.AnomalyDetector)."""
+        from embengine.tasks.anomaly import AnomalyDetector
+
+        return AnomalyDetector(self, **options)
 
     def _encode(self, texts: list[str], stats: EmbedStats, progress: bool) -> np.ndarray:
         """Run the model on distinct texts: (n, dim) unit rows in their order; fills `stats`."""
