@@ -129,16 +129,21 @@ class Engine:
         self.stats += stats
         return vectors[inverse.reshape(-1)] if len(items) else vectors
 
-    def attach_store(self, store: EmbeddingStore | str | Path, *, autosave: bool = True) -> None:
+    def attach_store(
+        self, store: EmbeddingStore | str | Path | None, *, autosave: bool = True
+    ) -> None:
         """Look texts up by content hash in `store` before encoding, and keep new vectors there.
 
         A path opens (or creates) the store for this engine's model; ModelMismatchError when
-        the store belongs to another model. autosave: save the store after each embed call
-        that added vectors (the whole file is rewritten; turn off for many small calls and
-        call `engine.store.save()`).
+        the store belongs to another model; None detaches. autosave: save the store after
+        each embed call that added vectors (the whole file is rewritten; turn off for many
+        small calls and call `engine.store.save()`).
         """
         from embengine.store import EmbeddingStore
 
+        if store is None:
+            self.store = None
+            return
         if not isinstance(store, EmbeddingStore):
             store = EmbeddingStore.for_engine(store, self)
         if store.fingerprint != self.spec.fingerprint or store.dim != self.dim:

@@ -127,6 +127,15 @@ class VectorIndex:
     def dead(self) -> int:
         return len(self._slot_ids) - len(self._slot_of)
 
+    def memory_bytes(self) -> int:
+        """Bytes held: the vector table, the FAISS index (its serialised size) and BM25."""
+        total = self._vectors.nbytes
+        if self._faiss is not None:
+            total += _faiss.serialize(self._faiss).nbytes
+        if self._bm25 is not None:
+            total += sum(a.nbytes for a in self._bm25.to_arrays()[0].values())
+        return total
+
     def get(self, ids: Sequence[Id]) -> np.ndarray:
         """Vectors of `ids`: (len(ids), dim) float32 unit rows; KeyError for unknown ids."""
         return self._vectors[self._slots(ids)]
@@ -218,7 +227,8 @@ class VectorIndex:
         queries: texts (needs an engine) or (n, dim) vectors (normalised here).
         allow: only these ids may be returned (KeyError for unknown ones); a filtered dense
         search is exact over the allowed rows whatever the kind.
-        mode: "dense" (cosine), "lexical" (BM25 scores) or "hybrid" (both need text queries
+        mode: "dense" (cosine), "lexical" (BM25 scores; only documents sharing a term with
+        the query are returned) or "hybrid" (both need text queries
         and an index made with lexical=True): the top `depth` of each side are fused by
         `fusion` "rrf" (reciprocal rank) or "score" (min-max normalised scores), `weight`
         on the dense side; hybrid scores are fusion scores, not cosines.
@@ -270,8 +280,7 @@ class VectorIndex:
     def _lexical_search(
         self, query_texts: list[str], k: int, allowed: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        bm25 = self._lexical_scores(query_texts, allowed)
-        return _top_k(bm25, k)
+        return _top_k(_matches(self._lexical_scores(query_texts, allowed)), k)
 
     def _hybrid_search(
         self,
@@ -286,7 +295,7 @@ class VectorIndex:
         """Fuse the top `depth` of the dense and the BM25 rankings, scored exactly."""
         _, dense_slots = self._dense_search(q, depth, allowed)
         bm25 = self._lexical_scores(query_texts, allowed)
-        _, lexical_slots = _top_k(bm25, depth)
+        _, lexical_slots = _top_k(_matches(bm25), depth)
         candidates = np.full((len(q), 2 * depth), -1, dtype=np.int64)
         dense = np.full(candidates.shape, -np.inf, dtype=np.float32)
         lexical = np.full(candidates.shape, -np.inf, dtype=np.float32)
@@ -596,6 +605,11 @@ def _repeats(ids: list[Id]) -> list[Id]:
 
 def _empty(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full((n, k), -np.inf, np.float32), np.full((n, k), -1, np.int64)
+
+
+def _matches(bm25: np.ndarray) -> np.ndarray:
+    """BM25 scores with documents that share no query term (score 0) set to -inf."""
+    return np.where(bm25 > 0, bm25, -np.inf)
 
 
 def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
