@@ -211,6 +211,7 @@ def test_bad_ids_and_arguments_are_named() -> None:
         index.add(np.ones((1, DIM)), [-3])
     with pytest.raises(TypeError, match=r"ids\[1\] is a bool"):
         index.add(np.ones((2, DIM)), [7, True])
+    assert index.add(np.ones((1, DIM)), np.array([5])) == [5]  # numpy ints are ints
     with pytest.raises(ValueError, match="2 ids for 1 items"):
         index.add(np.ones((1, DIM)), [8, 9])
     with pytest.raises(ValueError, match="k must be"):
@@ -223,8 +224,11 @@ def test_bad_ids_and_arguments_are_named() -> None:
         index.search(np.ones((1, DIM)), 1, mode="hybrid")
     with pytest.raises(ValueError, match="kind must be"):
         VectorIndex(DIM, kind="lsh")
+    ivf = VectorIndex(DIM, kind="ivf", nlist=50, device="cpu")
     with pytest.raises(ValueError, match="at least 50 vectors"):
-        VectorIndex(DIM, kind="ivf", nlist=50, device="cpu").add(np.ones((10, DIM)))
+        ivf.add(np.ones((10, DIM)), [f"a{i}" for i in range(10)])
+    assert len(ivf) == 0
+    assert ivf.add(np.ones((50, DIM)))[:2] == [0, 1], "nothing of the failed add remains"
 
 
 def test_device_cuda_without_faiss_gpu_is_an_error() -> None:

@@ -166,6 +166,12 @@ class VectorIndex:
         new_ids = self._check_new_ids(ids, len(vectors))
         if len(vectors) == 0:
             return new_ids
+        if self._faiss is None and self._uses_faiss():  # IVF training may refuse: before changes
+            self._faiss = _faiss.make_index(self.kind, self.dim, self.params, vectors)
+            self._place_faiss()
+        self.id_kind = "str" if isinstance(new_ids[0], str) else "int"
+        if self.id_kind == "int":
+            self._next_auto_id = max(self._next_auto_id, max(new_ids) + 1)  # type: ignore[type-var]
         start = len(self._slot_ids)
         self._vectors = np.concatenate([self._vectors, vectors])
         self._slot_ids.extend(new_ids)
@@ -174,7 +180,8 @@ class VectorIndex:
             self._texts = [None] * start
         if self._texts is not None:
             self._texts.extend(texts if texts is not None else [None] * len(vectors))
-        self._faiss_add(vectors)
+        if self._faiss is not None:
+            self._faiss.add(vectors)
         self._bm25_stale = True
         return new_ids
 
@@ -465,7 +472,7 @@ class VectorIndex:
         return ops.normalize_rows_(q)
 
     def _check_ids(self, ids: Sequence[Id], n: int) -> list[Id]:
-        ids = list(ids)
+        ids = [int(i) if isinstance(i, np.integer) else i for i in ids]
         if len(ids) != n:
             raise ValueError(f"{len(ids)} ids for {n} items")
         kinds = {_id_kind(i, position) for position, i in enumerate(ids)}
@@ -490,10 +497,6 @@ class VectorIndex:
                 f"duplicate ids (already in the index or repeated): {repeated[:5]}; "
                 "use upsert() to replace"
             )
-        if ids:
-            self.id_kind = "int" if isinstance(ids[0], int) else "str"
-            if self.id_kind == "int":
-                self._next_auto_id = max(self._next_auto_id, max(ids) + 1)
         return ids
 
     def _slots(self, ids: Sequence[Id]) -> np.ndarray:
@@ -517,14 +520,6 @@ class VectorIndex:
 
     def _uses_faiss(self) -> bool:
         return not (self.kind == "flat" and self.exact == "kernel" and self.device == "cpu")
-
-    def _faiss_add(self, vectors: np.ndarray) -> None:
-        if not self._uses_faiss():
-            return
-        if self._faiss is None:
-            self._faiss = _faiss.make_index(self.kind, self.dim, self.params, vectors)
-            self._place_faiss()
-        self._faiss.add(vectors)
 
     def _place_faiss(self) -> None:
         if self.device == "cuda" and not _faiss.is_gpu(self._faiss):
