@@ -1,6 +1,6 @@
 """Exact top-k for VectorIndex: FAISS IndexFlatIP against embengine.ops.topk_cosine.
 
-    python benchmarks/bench_index.py [--n 100000] [--queries 1 64] [--repeats 5]
+    python benchmarks/bench_index.py [--n 50000] [--queries 1 16] [--repeats 5]
 
 Both run in this process on the same unit vectors; prints the median seconds of each and
 the ratio kernel / FAISS, per query batch size. VectorIndex(exact=...) defaults to the
@@ -31,10 +31,10 @@ def median_seconds(fn, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--n", type=int, default=50_000)
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--queries", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--queries", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
