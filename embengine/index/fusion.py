@@ -1,8 +1,9 @@
 """Fusing dense and lexical scores of the same candidates into one ranking.
 
-Both fusions take full score matrices over a candidate set (rows = queries, columns =
-candidates, -inf where a candidate is not one for that query) and return fused scores of
-the same shape, higher is better.
+Both fusions take score matrices over a candidate set (rows = queries, columns =
+candidates): `dense` is -inf where a column is no candidate for that query, `lexical` is
+-inf where the candidate shares no term with the query (it is then absent from the lexical
+ranking). They return fused scores of the same shape, higher is better.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ def ranks(scores: np.ndarray) -> np.ndarray:
 
 
 def reciprocal_rank(dense: np.ndarray, lexical: np.ndarray, weight: float) -> np.ndarray:
-    """weight / (60 + dense rank) + (1 - weight) / (60 + lexical rank)."""
-    fused = weight / (RRF_K + ranks(dense)) + (1 - weight) / (RRF_K + ranks(lexical))
+    """weight / (60 + dense rank) + (1 - weight) / (60 + lexical rank), 0 when absent."""
+    lexical_part = np.where(np.isfinite(lexical), (1 - weight) / (RRF_K + ranks(lexical)), 0.0)
+    fused = weight / (RRF_K + ranks(dense)) + lexical_part
     return np.where(np.isfinite(dense), fused, -np.inf)
 
 

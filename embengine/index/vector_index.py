@@ -301,8 +301,8 @@ class VectorIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Fuse the top `depth` of the dense and the BM25 rankings, scored exactly."""
         _, dense_slots = self._dense_search(q, depth, allowed)
-        bm25 = self._lexical_scores(query_texts, allowed)
-        _, lexical_slots = _top_k(_matches(bm25), depth)
+        bm25 = _matches(self._lexical_scores(query_texts, allowed))
+        _, lexical_slots = _top_k(bm25, depth)
         candidates = np.full((len(q), 2 * depth), -1, dtype=np.int64)
         dense = np.full(candidates.shape, -np.inf, dtype=np.float32)
         lexical = np.full(candidates.shape, -np.inf, dtype=np.float32)
