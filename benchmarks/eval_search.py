@@ -143,8 +143,9 @@ def main() -> None:
     for label, options in (
         ("exact (FAISS flat)", {"kind": "flat", "exact": "faiss"}),
         ("exact (embengine top-k kernel)", {"kind": "flat", "exact": "kernel"}),
-        ("IVF (nprobe 16)", {"kind": "ivf", "nprobe": 16}),
-        ("IVF (nprobe 8)", {"kind": "ivf", "nprobe": 8}),
+        ("IVF (nlist sqrt(n) = 71, nprobe 48: defaults)", {"kind": "ivf"}),
+        ("IVF (nlist 71, nprobe 16)", {"kind": "ivf", "nprobe": 16}),
+        ("IVF (nlist 4 sqrt(n) = 287, nprobe 64)", {"kind": "ivf", "nlist": 287, "nprobe": 64}),
         ("HNSW (M 32, efSearch 128)", {"kind": "hnsw"}),
     ):
         index, build_s = build(device="cpu", **options)
