@@ -14,6 +14,7 @@ _EXTRAS = {
     "faiss": "embengine[faiss]",
     "pyarrow": "embengine[io]",
     "bm25s": "embengine[hybrid]",
+    "Stemmer": "embengine[hybrid]",
     "rapidfuzz": "embengine[dedup]",
     "sklearn": "embengine[bench]",
     "ray": "embengine[ray]",

@@ -5,8 +5,10 @@ Each section is a few lines of the public API: that is the point of the library.
 
 from __future__ import annotations
 
+import os
 import time
 from importlib.resources import files
+from pathlib import Path
 
 import numpy as np
 
@@ -91,6 +93,33 @@ def demo_anomaly(engine: Engine) -> None:
         print(f"  {mark} {event.score:.3f}  {event.text}")
 
 
+def demo_search(engine: Engine) -> None:
+    """Hybrid search over the sample through a saved index, with a persistent store."""
+    from embengine.index import VectorIndex
+
+    section("search: an index over the sample, persisted, with an embedding store")
+    folder = Path(os.environ.get("EMBENGINE_DEMO_DIR", "~/.cache/embengine/demo")).expanduser()
+    texts = sample_texts()
+    engine.attach_store(folder / "store.emb")
+    try:
+        index = engine.index(texts, lexical=True)
+        stats = engine.last_stats
+        print(
+            f"indexed {len(texts)} texts: {stats.cache_hits} from the store in {folder}, "
+            f"{stats.cache_misses} embedded now (set EMBENGINE_DEMO_DIR to move it)"
+        )
+        index.save(folder / "sample.index")
+        index = VectorIndex.load(folder / "sample.index", engine=engine)
+        queries = ["is it going to be cold?", "my computer is slow", "central bank policy"]
+        for query in queries:
+            scores, ids = index.search([query], 2, mode="hybrid")
+            print(f"\n{query}  (hybrid: dense + BM25, reciprocal-rank fusion)")
+            for score, text in zip(scores[0], index.texts(ids[0].tolist()), strict=True):
+                print(f"  {score:.4f}  {text}")
+    finally:
+        engine.attach_store(None)
+
+
 def main() -> None:
     started = time.perf_counter()
     engine = Engine()
@@ -101,6 +130,7 @@ def main() -> None:
         f"{time.perf_counter() - started:.1f} s"
     )
     demo_embed(engine)
+    demo_search(engine)
     demo_classify(engine)
     demo_anomaly(engine)
 

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from embengine.tasks.anomaly import AnomalyDetector
     from embengine.tasks.classify import Classifier
 
+    from embengine.index import VectorIndex
+    from embengine.store import EmbeddingStore
+
 log = logging.getLogger("embengine")
 
 # CPU batch budget, tuned with benchmarks/bench_encode.py --tune on the 2-core CPU.
@@ -38,6 +41,8 @@ class EmbedStats:
     truncated: int = 0  # texts cut to the model's max length
     batches: int = 0
     seconds: float = 0.0
+    cache_hits: int = 0  # distinct texts served by the attached EmbeddingStore
+    cache_misses: int = 0  # distinct texts the store lacked (encoded, then stored)
 
     def __iadd__(self, other: EmbedStats) -> EmbedStats:
         for f in fields(self):
@@ -60,7 +65,8 @@ class Engine:
     CUDA) or "int8" (onnx on CPU, dynamic quantisation: explicit only, see README for its
     accuracy). `batch_tokens` caps padded tokens per batch and `max_batch_size` texts per
     batch (defaults per device, measured: small batches stay in the CPU's caches, large
-    ones fill a GPU).
+    ones fill a GPU). `store`: an EmbeddingStore or a path to one, consulted before
+    encoding (see `attach_store`).
     """
 
     def __init__(
@@ -72,6 +78,7 @@ class Engine:
         precision: str = "auto",
         batch_tokens: int | None = None,
         max_batch_size: int | None = None,
+        store: EmbeddingStore | str | Path | None = None,
     ) -> None:
         self.spec: ModelSpec = load_model_spec(model)
         self.device = resolve_device(device)
@@ -91,6 +98,10 @@ class Engine:
         self.max_batch_size = max_batch_size or (1024 if cuda else CPU_MAX_BATCH_SIZE)
         self.stats = EmbedStats()
         self.last_stats = EmbedStats()
+        self.store: EmbeddingStore | None = None
+        self.autosave = True
+        if store is not None:
+            self.attach_store(store)
 
     @property
     def dim(self) -> int:
@@ -123,7 +134,10 @@ class Engine:
         items = check_texts(texts)
         unique, inverse = np.unique(np.array(items, dtype=object), return_inverse=True)
         stats = EmbedStats(texts=len(items), unique_texts=len(unique))
-        vectors = self._encode(list(unique), stats, progress)
+        if self.store is None:
+            vectors = self._encode(list(unique), stats, progress)
+        else:
+            vectors = self._encode_missing(list(unique), stats, progress)
         stats.seconds = time.perf_counter() - started
         if stats.truncated:
             log.info(
@@ -149,6 +163,80 @@ class Engine:
         from embengine.tasks.anomaly import AnomalyDetector
 
         return AnomalyDetector(self, **options)
+
+    def attach_store(
+        self, store: EmbeddingStore | str | Path | None, *, autosave: bool = True
+    ) -> None:
+        """Look texts up by content hash in `store` before encoding, and keep new vectors there.
+
+        A path opens (or creates) the store for this engine's model; ModelMismatchError when
+        the store belongs to another model; None detaches. autosave: save the store after
+        each embed call that added vectors (the whole file is rewritten; turn off for many
+        small calls and call `engine.store.save()`).
+        """
+        from embengine.store import EmbeddingStore
+
+        if store is None:
+            self.store = None
+            return
+        if not isinstance(store, EmbeddingStore):
+            store = EmbeddingStore.for_engine(store, self)
+        if store.fingerprint != self.spec.fingerprint or store.dim != self.dim:
+            from embengine.io import ModelMismatchError
+
+            raise ModelMismatchError(
+                f"store holds {store.dim}-d vectors of model {store.fingerprint}, this engine "
+                f"runs {self.spec.name} ({self.spec.fingerprint}, {self.dim}-d)"
+            )
+        self.store = store
+        self.autosave = autosave
+
+    def _encode_missing(self, texts: list[str], stats: EmbedStats, progress: bool) -> np.ndarray:
+        """Vectors of distinct texts: from the store where present, else encoded and stored."""
+        assert self.store is not None
+        vectors, found = self.store.lookup(texts)
+        missing = np.flatnonzero(~found)
+        stats.cache_hits, stats.cache_misses = len(texts) - len(missing), len(missing)
+        stats.unique_texts = len(missing)
+        if len(missing):
+            new_texts = [texts[i] for i in missing]
+            vectors[missing] = self._encode(new_texts, stats, progress)
+            self.store.put(new_texts, vectors[missing])
+            if self.autosave and self.store.path is not None:
+                self.store.save()
+        return vectors
+
+    def index(
+        self,
+        texts: Iterable[str],
+        ids: Iterable[int | str] | None = None,
+        *,
+        kind: str = "flat",
+        lexical: bool = False,
+        **options: Any,
+    ) -> VectorIndex:
+        """A VectorIndex of `texts` under `ids` (default 0..n-1), searchable by text.
+
+        kind "flat" (exact), "ivf" or "hnsw"; lexical=True adds BM25 for hybrid search;
+        other options go to VectorIndex (device, exact, nlist, nprobe, m, ef_search, ...).
+        """
+        from embengine.index import VectorIndex
+
+        items = check_texts(texts)
+        index = VectorIndex(self.dim, kind=kind, lexical=lexical, engine=self, **options)
+        index.add(items, None if ids is None else list(ids))
+        return index
+
+    def search(
+        self, queries: Iterable[str], index: VectorIndex, k: int = 10, **options: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Search `index` with text queries embedded by this engine: (scores, ids), (n, k).
+
+        The index must hold this model's vectors (ModelMismatchError otherwise); options as
+        VectorIndex.search (allow, mode, fusion, weight, depth).
+        """
+        index.attach_engine(self)
+        return index.search(check_texts(queries), k, **options)
 
     def _encode(self, texts: list[str], stats: EmbedStats, progress: bool) -> np.ndarray:
         """Run the model on distinct texts: (n, dim) unit rows in their order; fills `stats`."""

@@ -27,6 +27,10 @@ class CorruptFileError(ValueError):
     """A file is truncated, corrupt, of another format version, or not embengine's."""
 
 
+class ModelMismatchError(ValueError):
+    """Saved vectors were made by another model than the one asked to use them."""
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     """Call `write(file)` on a temp file beside `path`, fsync, and rename it over `path`."""
     target = Path(path)
@@ -101,6 +105,8 @@ def load_arrays(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]
         header = json.loads(data[offset : offset + header_len])
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CorruptFileError(f"{path} has a corrupt header") from exc
+    if not isinstance(header, dict) or not {"version", "meta", "sha256", "size"} <= header.keys():
+        raise CorruptFileError(f"{path} has a corrupt header")
     if header.get("version") != FORMAT_VERSION:
         raise CorruptFileError(
             f"{path} has format version {header.get('version')}, expected {FORMAT_VERSION}"

@@ -1,0 +1,198 @@
+"""Semantic search quality and cost on BEIR SciFact: exact, each ANN kind, BM25 and hybrid.
+
+    python benchmarks/eval_search.py [--data DIR] [--out benchmarks/results]
+
+Prints nDCG@10 and recall@100 on the 300 test queries, with build time, search time per
+query and index size, for: exact search (FAISS flat and embengine's top-k kernel), IVF,
+HNSW, BM25 (bm25s) and hybrid search by reciprocal-rank and by normalised-score fusion.
+The fusion weights are tuned on the train queries (qrels/train.tsv), never on test.
+Documents are embedded as title + " " + text, as BEIR and MTEB do. Embeddings are cached
+in an EmbeddingStore under benchmarks/.cache (keyed by model fingerprint and text hash),
+so only the first run pays for embedding the 5,183 abstracts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from embengine import Engine
+from embengine.index import VectorIndex
+from embengine.index import _faiss as faiss_side
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+CACHE = ROOT / "benchmarks" / ".cache"
+
+
+@dataclass
+class Beir:
+    doc_ids: list[str]
+    doc_texts: list[str]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, dict[str, int]]]  # split -> query id -> doc id -> grade
+
+
+def load_beir(folder: Path) -> Beir:
+    docs = [json.loads(line) for line in (folder / "corpus.jsonl").open(encoding="utf-8")]
+    queries = {}
+    for line in (folder / "queries.jsonl").open(encoding="utf-8"):
+        q = json.loads(line)
+        queries[q["_id"]] = q["text"]
+    qrels: dict[str, dict[str, dict[str, int]]] = {}
+    for split in ("train", "test"):
+        rows = (folder / "qrels" / f"{split}.tsv").read_text(encoding="utf-8").splitlines()[1:]
+        split_qrels: dict[str, dict[str, int]] = {}
+        for row in rows:
+            qid, did, grade = row.split("\t")
+            split_qrels.setdefault(qid, {})[did] = int(grade)
+        qrels[split] = split_qrels
+    return Beir(
+        doc_ids=[d["_id"] for d in docs],
+        doc_texts=[(d["title"] + " " + d["text"]).strip() for d in docs],
+        queries=queries,
+        qrels=qrels,
+    )
+
+
+def ndcg_at(ranked: np.ndarray, qids: list[str], qrels: dict[str, dict[str, int]], k: int) -> float:
+    """Mean nDCG@k (BEIR / trec_eval: gain = grade, discount log2(rank + 1)), in percent."""
+    total = 0.0
+    for row, qid in enumerate(qids):
+        rel = qrels[qid]
+        gains = [rel.get(d, 0) for d in ranked[row, :k].tolist()]
+        dcg = sum(g / np.log2(r + 2) for r, g in enumerate(gains))
+        ideal = sorted(rel.values(), reverse=True)[:k]
+        total += dcg / sum(g / np.log2(r + 2) for r, g in enumerate(ideal))
+    return 100 * total / len(qids)
+
+
+def recall_at(
+    ranked: np.ndarray, qids: list[str], qrels: dict[str, dict[str, int]], k: int
+) -> float:
+    total = 0.0
+    for row, qid in enumerate(qids):
+        relevant = {d for d, g in qrels[qid].items() if g > 0}
+        total += len(relevant & set(ranked[row, :k].tolist())) / len(relevant)
+    return 100 * total / len(qids)
+
+
+def median_seconds(fn, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--k", type=int, default=100, help="results per query (recall@k)")
+    args = parser.parse_args()
+    beir = load_beir(args.data / "scifact")
+    faiss_side.faiss_module()  # imported before anything is timed
+
+    engine = Engine(device="cpu")
+    engine.attach_store(CACHE / f"scifact-{engine.spec.fingerprint}.emb")
+    started = time.perf_counter()
+    doc_vectors = engine.embed(beir.doc_texts, progress=True)
+    stats = engine.last_stats
+    print(
+        f"corpus: {len(beir.doc_texts)} docs, {stats.cache_hits} from the store, "
+        f"{stats.cache_misses} embedded, {time.perf_counter() - started:.1f} s"
+    )
+    splits = {s: sorted(q for q in beir.qrels[s] if q in beir.queries) for s in ("train", "test")}
+    query_texts = {s: [beir.queries[q] for q in qids] for s, qids in splits.items()}
+    query_vectors = {s: engine.embed(texts) for s, texts in query_texts.items()}
+
+    def evaluate(name: str, index: VectorIndex, build_s: float, **options) -> dict:
+        split = "test"
+        queries = query_texts[split] if options.get("mode") in ("lexical", "hybrid") else None
+        queries = queries if queries is not None else query_vectors[split]
+        index.search(queries[:8], args.k, **options)  # warm-up (and BM25 build)
+        search_s = median_seconds(lambda: index.search(queries, args.k, **options))
+        _, ids = index.search(queries, args.k, **options)
+        row = {
+            "method": name,
+            "ndcg@10": round(ndcg_at(ids, splits[split], beir.qrels[split], 10), 2),
+            "recall@100": round(recall_at(ids, splits[split], beir.qrels[split], 100), 2),
+            "build_s": round(build_s, 3),
+            "search_ms_per_query": round(1000 * search_s / len(queries), 3),
+            "index_mb": round(index.memory_bytes() / 2**20, 1),
+        }
+        print(json.dumps(row))
+        return row
+
+    def build(**options) -> tuple[VectorIndex, float]:
+        index = VectorIndex(engine.dim, engine=engine, **options)
+        started = time.perf_counter()
+        texts = beir.doc_texts if options.get("lexical") else None
+        index.add(doc_vectors, beir.doc_ids, texts=texts)
+        return index, time.perf_counter() - started
+
+    rows = []
+    for label, options in (
+        ("exact (FAISS flat)", {"kind": "flat", "exact": "faiss"}),
+        ("exact (embengine top-k kernel)", {"kind": "flat", "exact": "kernel"}),
+        ("IVF (nlist sqrt(n) = 71, nprobe 48: defaults)", {"kind": "ivf"}),
+        ("IVF (nlist 71, nprobe 16)", {"kind": "ivf", "nprobe": 16}),
+        ("IVF (nlist 4 sqrt(n) = 287, nprobe 64)", {"kind": "ivf", "nlist": 287, "nprobe": 64}),
+        ("HNSW (M 32, efSearch 128)", {"kind": "hnsw"}),
+    ):
+        index, build_s = build(device="cpu", **options)
+        rows.append(evaluate(label, index, build_s))
+
+    hybrid, build_s = build(device="cpu", kind="flat", lexical=True)
+    started = time.perf_counter()
+    hybrid.search(query_texts["test"][:1], 1, mode="lexical")  # builds BM25
+    bm25_build_s = build_s + time.perf_counter() - started
+    rows.append(evaluate("BM25 (bm25s, stemmed)", hybrid, bm25_build_s, mode="lexical"))
+    for fusion in ("rrf", "score"):
+        weight = tune_weight(hybrid, fusion, query_texts["train"], splits["train"], beir, args.k)
+        label = f"hybrid {fusion} (dense weight {weight:.2f}, tuned on train)"
+        rows.append(
+            evaluate(label, hybrid, bm25_build_s, mode="hybrid", fusion=fusion, weight=weight)
+        )
+    write(rows, args.out, engine)
+
+
+def tune_weight(
+    index: VectorIndex, fusion: str, texts: list[str], qids: list[str], beir: Beir, k: int
+) -> float:
+    """The dense weight with the best train nDCG@10, on a 0.1 grid."""
+    best = (-1.0, 0.5)
+    for weight in np.arange(0.1, 0.95, 0.1):
+        _, ids = index.search(texts, k, mode="hybrid", fusion=fusion, weight=float(weight))
+        best = max(best, (ndcg_at(ids, qids, beir.qrels["train"], 10), float(weight)))
+    return best[1]
+
+
+def write(rows: list[dict], out: Path, engine: Engine) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    machine = f"{platform.processor() or platform.machine()}, {faiss_side.faiss_gpu_count()} GPUs"
+    (out / "eval_search.json").write_text(
+        json.dumps({"model": engine.spec.name, "machine": machine, "rows": rows}, indent=2)
+    )
+    header = "| method | nDCG@10 | recall@100 | build s | search ms/query | index MB |"
+    lines = [header, "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {r['ndcg@10']:.2f} | {r['recall@100']:.2f} | {r['build_s']:.2f} "
+            f"| {r['search_ms_per_query']:.3f} | {r['index_mb']:.1f} |"
+        )
+    table = "\n".join(lines)
+    (out / "eval_search.md").write_text(table + "\n")
+    print("\n" + table)
+
+
+if __name__ == "__main__":
+    main()
