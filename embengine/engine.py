@@ -17,11 +17,10 @@ from embengine.encoders import Encoder, make_encoder
 from embengine.models import ModelSpec, load_model_spec
 
 if TYPE_CHECKING:
-    from embengine.tasks.anomaly import AnomalyDetector
-    from embengine.tasks.classify import Classifier
-
     from embengine.index import VectorIndex
     from embengine.store import EmbeddingStore
+    from embengine.tasks.anomaly import AnomalyDetector
+    from embengine.tasks.classify import Classifier
 
 log = logging.getLogger("embengine")
 
