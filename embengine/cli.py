@@ -510,10 +510,11 @@ def _run_anomaly(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.ERROR if getattr(args, "quiet", False) else logging.WARNING,
-        format="embengine: %(message)s",
-    )
+    level = logging.ERROR if getattr(args, "quiet", False) else logging.WARNING
+    handler = logging.StreamHandler()
+    handler.setLevel(level)  # on the handler too: bm25s sets its own logger to DEBUG
+    handler.setFormatter(logging.Formatter("embengine: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     if args.command == "info":
         from embengine.__main__ import report
 
