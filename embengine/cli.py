@@ -9,16 +9,21 @@ skipped (--on-error skip; they are listed); 130 interrupted (rerun to resume).
 from __future__ import annotations
 
 import argparse
+import csv
+import dataclasses
+import io
+import itertools
 import json
 import logging
 import math
 import os
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
-    from embengine.bulk import Fields
+    from embengine.bulk import Fields, Record
     from embengine.engine import Engine
 
 EXIT_OK = 0
@@ -28,6 +33,8 @@ EXIT_SKIPPED = 3
 EXIT_INTERRUPTED = 130
 
 _SHOW_BAD = 10  # bad records printed in the summary
+_CHUNK = 1000  # records embedded at a time by the task commands (bounds their memory)
+OUTPUT_FORMATS = ("jsonl", "csv", "tsv")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("info", help="what was built, the devices found, the default model")
     commands.add_parser("demo", help="every job on the bundled sample, with the default model")
     _add_embed(commands)
+    _add_index(commands)
+    _add_search(commands)
+    _add_classify(commands)
+    _add_anomaly(commands)
     return parser
 
 
@@ -63,24 +74,11 @@ def _add_embed(commands: argparse._SubParsersAction) -> None:
         description="Embed files into a Parquet dataset directory: columns id, text_sha256, "
         "vector. Rerunning the same command after a kill resumes where it stopped.",
     )
+    embed.set_defaults(run=_run_embed)
     embed.add_argument("inputs", nargs="+", help="input files (.jsonl .csv .parquet .txt, .gz ok)")
     embed.add_argument("-o", "--out", required=True, help="output directory (a Parquet dataset)")
-    embed.add_argument(
-        "--format",
-        choices=["jsonl", "csv", "parquet", "text"],
-        help="input format (default: from each file's suffix; unknown suffixes are text)",
-    )
-    embed.add_argument("--text-field", default="text", help="field holding the text")
-    embed.add_argument(
-        "--id-field", help="field holding the id (default: the record's 0-based position)"
-    )
+    _add_input_options(embed)
     embed.add_argument("--keep-text", action="store_true", help="also write a text column")
-    embed.add_argument(
-        "--on-error",
-        choices=["stop", "skip"],
-        default="stop",
-        help="on a bad record: stop (exit 1) or skip and report it (exit 3)",
-    )
     embed.add_argument(
         "--chunk-rows", type=int, default=10_000, help="records per part file (bounds memory)"
     )
@@ -102,6 +100,114 @@ def _add_embed(commands: argparse._SubParsersAction) -> None:
     )
     embed.add_argument("--ray-cpus", type=float, default=1.0, help="Ray: CPUs per actor")
     _add_engine_options(embed)
+
+
+def _add_input_options(parser: argparse.ArgumentParser) -> None:
+    """How records are read: the options every command that reads record files shares."""
+    parser.add_argument(
+        "--format",
+        choices=["jsonl", "csv", "parquet", "text"],
+        help="input format (default: from each file's suffix; unknown suffixes are text)",
+    )
+    parser.add_argument("--text-field", default="text", help="field holding the text")
+    parser.add_argument(
+        "--id-field", help="field holding the id (default: the record's 0-based position)"
+    )
+    parser.add_argument(
+        "--on-error",
+        choices=["stop", "skip"],
+        default="stop",
+        help="on a bad record: stop (exit 1) or skip and report it (exit 3)",
+    )
+
+
+def _add_output_options(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("-o", "--out", help=f"{what} file (default: standard output)")
+    parser.add_argument(
+        "--output-format",
+        choices=OUTPUT_FORMATS,
+        help="jsonl, csv or tsv (default: from the --out suffix, else jsonl)",
+    )
+
+
+def _add_index(commands: argparse._SubParsersAction) -> None:
+    index = commands.add_parser("index", help="build a vector index from record files")
+    actions = index.add_subparsers(dest="index_command", required=True)
+    build = actions.add_parser(
+        "build",
+        help="embed record files into a saved VectorIndex (for `embengine search`)",
+        description="Embed every record and save a VectorIndex file under the records' ids "
+        "(--id-field values as strings, else 0-based positions); texts are kept in it.",
+    )
+    build.set_defaults(run=_run_index_build)
+    build.add_argument("inputs", nargs="+", help="input files (.jsonl .csv .parquet .txt, .gz ok)")
+    build.add_argument("-o", "--out", required=True, help="the index file to write")
+    _add_input_options(build)
+    build.add_argument("--kind", choices=["flat", "ivf", "hnsw"], default="flat")
+    build.add_argument(
+        "--lexical", action="store_true", help="also keep BM25 (for --mode lexical/hybrid)"
+    )
+    _add_engine_options(build)
+
+
+def _add_search(commands: argparse._SubParsersAction) -> None:
+    search = commands.add_parser(
+        "search",
+        help="search a saved index with query texts",
+        description="One output row per hit: query (and query_id), rank, id, score.",
+    )
+    search.set_defaults(run=_run_search)
+    search.add_argument("index", help="an index file from `embengine index build`")
+    search.add_argument("queries", nargs="*", help="query texts")
+    search.add_argument("--queries-file", help="a record file of queries (read like inputs)")
+    _add_input_options(search)
+    search.add_argument("-k", "--k", type=int, default=10, help="hits per query")
+    search.add_argument("--mode", choices=["dense", "lexical", "hybrid"], default="dense")
+    _add_output_options(search, "results")
+    _add_engine_options(search)
+
+
+def _add_classify(commands: argparse._SubParsersAction) -> None:
+    classify = commands.add_parser(
+        "classify",
+        help="label records from a file of labelled examples",
+        description="Output rows: id, label, confidence (the label's probability).",
+    )
+    classify.set_defaults(run=_run_classify)
+    classify.add_argument("inputs", nargs="+", help="records to label")
+    classify.add_argument(
+        "--examples", required=True, help="labelled examples (text and label fields)"
+    )
+    classify.add_argument("--label-field", default="label", help="examples' field with the label")
+    _add_input_options(classify)
+    classify.add_argument("--mode", choices=["auto", "knn", "centroid"], default="auto")
+    classify.add_argument(
+        "--threshold",
+        help="open set: a cosine, or 'auto'; records below it get an empty label",
+    )
+    _add_output_options(classify, "predictions")
+    _add_engine_options(classify)
+
+
+def _add_anomaly(commands: argparse._SubParsersAction) -> None:
+    anomaly = commands.add_parser(
+        "anomaly",
+        help="flag unusual lines in a stream, against a file of normal ones",
+        description="Fit on normal records, then judge the inputs in order (normal lines join "
+        "the rolling window). Output rows: where, id, score, threshold, anomalous, text; "
+        "only the anomalous ones unless --all.",
+    )
+    anomaly.set_defaults(run=_run_anomaly)
+    anomaly.add_argument("inputs", nargs="+", help="records to judge, in stream order")
+    anomaly.add_argument("--normal", required=True, help="normal records to fit on")
+    _add_input_options(anomaly)
+    anomaly.add_argument("--window", type=int, default=5000, help="normal lines remembered")
+    anomaly.add_argument(
+        "--quantile", type=float, default=0.99, help="threshold: this quantile of window scores"
+    )
+    anomaly.add_argument("--all", action="store_true", help="output every line, not just flagged")
+    _add_output_options(anomaly, "detections")
+    _add_engine_options(anomaly)
 
 
 def _engine(args: argparse.Namespace) -> Engine:
@@ -182,12 +288,233 @@ def _run_embed_ray(args: argparse.Namespace, fields: Fields) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------- task commands
+
+
+class _Reader:
+    """Good records of record files with their 0-based positions, as `embed` reads them.
+
+    A bad record raises BadRecordError naming file and line (--on-error stop) or is kept
+    in `bad` and reported by `finish` (skip).
+    """
+
+    def __init__(
+        self, args: argparse.Namespace, *, text: str, id: str | None, id_is: str = "id"
+    ) -> None:
+        from embengine.bulk import Fields
+
+        self.fmt, self.fields, self.on_error = args.format, Fields(text=text, id=id), args.on_error
+        self.id_is = id_is  # what the id field means here, for messages ("label")
+        self.bad: list[Record] = []
+
+    def records(self, paths: Sequence[str]) -> Iterator[tuple[int, Record]]:
+        from embengine.bulk import read_records
+
+        records = read_records([Path(p) for p in paths], self.fmt, self.fields)
+        for position, record in enumerate(records):
+            if record.error is None:
+                yield position, record
+            else:
+                self.reject(record, str(record.error).replace("id field", f"{self.id_is} field"))
+
+    def reject(self, record: Record, error: str) -> None:
+        """A bad record: raise (stop) or keep it for the report (skip)."""
+        from embengine.bulk import BadRecordError
+
+        if self.on_error == "stop":
+            raise BadRecordError(f"{record.where}: {error}")
+        self.bad.append(dataclasses.replace(record, error=error))
+
+    def finish(self) -> int:
+        """EXIT_SKIPPED after listing the skipped records, or EXIT_OK when there were none."""
+        if not self.bad:
+            return EXIT_OK
+        print(f"skipped {len(self.bad)} bad records:", file=sys.stderr)
+        for record in self.bad[:_SHOW_BAD]:
+            print(f"  {record.where}: {record.error}", file=sys.stderr)
+        if len(self.bad) > _SHOW_BAD:
+            print(f"  ... and {len(self.bad) - _SHOW_BAD} more", file=sys.stderr)
+        return EXIT_SKIPPED
+
+
+def _record_id(position: int, record: Record, fields: Fields) -> Any:
+    return position if fields.id is None else record.id
+
+
+def _chunks(items: Iterable[Any], size: int = _CHUNK) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def _write_rows(
+    args: argparse.Namespace, columns: Sequence[str], rows: Iterable[dict[str, Any]]
+) -> int:
+    """Stream rows to --out (written atomically) or stdout as JSONL, CSV or TSV; the count."""
+    out = args.out if args.out not in (None, "-") else None
+    fmt = args.output_format or (
+        {".csv": "csv", ".tsv": "tsv"}.get(Path(out).suffix.lower(), "jsonl") if out else "jsonl"
+    )
+    count = 0
+
+    def write(stream: TextIO) -> None:
+        nonlocal count
+        writer = None
+        if fmt != "jsonl":
+            writer = csv.DictWriter(stream, columns, delimiter="," if fmt == "csv" else "\t")
+            writer.writeheader()
+        for row in rows:
+            if writer is None:
+                stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+            else:
+                writer.writerow(row)
+            count += 1
+
+    if out is None:
+        write(sys.stdout)
+        sys.stdout.flush()
+        return count
+
+    def write_file(binary: IO[bytes]) -> None:
+        stream = io.TextIOWrapper(binary, encoding="utf-8", newline="")
+        write(stream)
+        stream.flush()
+        stream.detach()
+
+    from embengine.io import atomic_write
+
+    atomic_write(out, write_file)
+    return count
+
+
+def _say(args: argparse.Namespace, message: str) -> None:
+    if not args.quiet:
+        print(message, file=sys.stderr)
+
+
+def _run_index_build(args: argparse.Namespace) -> int:
+    reader = _Reader(args, text=args.text_field, id=args.id_field)
+    texts, ids = [], []
+    for position, record in reader.records(args.inputs):
+        texts.append(record.text)
+        ids.append(position if args.id_field is None else str(record.id))
+    if not texts:
+        raise ValueError(f"no records to index in {', '.join(args.inputs)}")
+    index = _engine(args).index(texts, ids, kind=args.kind, lexical=args.lexical)
+    index.save(args.out)
+    _say(args, f"indexed {len(index)} records ({args.kind}) into {args.out}")
+    return reader.finish()
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from embengine.index import VectorIndex
+
+    if bool(args.queries) == bool(args.queries_file):
+        raise ValueError("give query texts or --queries-file (one of the two)")
+    engine = _engine(args)
+    index = VectorIndex.load(args.index, engine=engine)
+    reader = _Reader(args, text=args.text_field, id=args.id_field)
+    if args.queries_file:
+        queries: Iterable[tuple[Any, str]] = (
+            (_record_id(p, r, reader.fields), r.text)
+            for p, r in reader.records([args.queries_file])
+        )
+    else:
+        queries = enumerate(args.queries)
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for chunk in _chunks(queries):
+            scores, ids = engine.search([q for _, q in chunk], index, args.k, mode=args.mode)
+            for (query_id, query), row_scores, row_ids in zip(chunk, scores, ids, strict=True):
+                hits = [(s, i) for s, i in zip(row_scores, row_ids, strict=True) if s > -np.inf]
+                for rank, (score, hit) in enumerate(hits, start=1):
+                    hit = hit.item() if isinstance(hit, np.generic) else hit
+                    yield {
+                        "query_id": query_id,
+                        "query": query,
+                        "rank": rank,
+                        "id": hit,
+                        "score": round(float(score), 6),
+                    }
+
+    count = _write_rows(args, ["query_id", "query", "rank", "id", "score"], rows())
+    _say(args, f"wrote {count} hits")
+    return reader.finish()
+
+
+def _run_classify(args: argparse.Namespace) -> int:
+    threshold = args.threshold
+    if threshold is not None and threshold != "auto":
+        threshold = float(threshold)
+    engine = _engine(args)
+    examples: dict[Any, list[str]] = {}
+    example_reader = _Reader(args, text=args.text_field, id=args.label_field, id_is="label")
+    for _, record in example_reader.records([args.examples]):
+        if isinstance(record.id, str) and not record.id.strip():
+            example_reader.reject(record, f"field {args.label_field!r} is empty")
+        else:
+            examples.setdefault(record.id, []).append(record.text)
+    if not examples:
+        raise ValueError(f"{args.examples} holds no labelled examples")
+    classifier = engine.classifier(examples, mode=args.mode, threshold=threshold)
+    reader = _Reader(args, text=args.text_field, id=args.id_field)
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for chunk in _chunks(reader.records(args.inputs)):
+            vectors = engine.embed([record.text for _, record in chunk])
+            labels = classifier.predict_vectors(vectors)
+            confidence = classifier.predict_proba_vectors(vectors).max(axis=1)
+            for (position, record), label, p in zip(chunk, labels, confidence, strict=True):
+                yield {
+                    "id": _record_id(position, record, reader.fields),
+                    "label": label,
+                    "confidence": round(float(p), 6),
+                }
+
+    count = _write_rows(args, ["id", "label", "confidence"], rows())
+    _say(args, f"labelled {count} records with {len(classifier.labels)} labels")
+    return max(example_reader.finish(), reader.finish())
+
+
+def _run_anomaly(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    normal_reader = _Reader(args, text=args.text_field, id=None)
+    normal = [record.text for _, record in normal_reader.records([args.normal])]
+    detector = engine.anomaly_detector(window=args.window, quantile=args.quantile).fit(normal)
+    reader = _Reader(args, text=args.text_field, id=args.id_field)
+    records, texts = itertools.tee(reader.records(args.inputs))
+    judged = zip(records, detector.process(record.text for _, record in texts), strict=True)
+    flagged = 0
+
+    def rows() -> Iterator[dict[str, Any]]:
+        nonlocal flagged
+        for (position, record), detection in judged:
+            flagged += detection.anomalous
+            if detection.anomalous or args.all:
+                yield {
+                    "where": record.where,
+                    "id": _record_id(position, record, reader.fields),
+                    "score": round(detection.score, 6),
+                    "threshold": round(detection.threshold, 6),
+                    "anomalous": detection.anomalous,
+                    "text": record.text,
+                }
+
+    columns = ["where", "id", "score", "threshold", "anomalous", "text"]
+    count = _write_rows(args, columns, rows())
+    _say(args, f"flagged {flagged} lines" + (f" of {count}" if args.all else ""))
+    return max(normal_reader.finish(), reader.finish())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.ERROR if getattr(args, "quiet", False) else logging.WARNING,
-        format="embengine: %(message)s",
-    )
+    level = logging.ERROR if getattr(args, "quiet", False) else logging.WARNING
+    handler = logging.StreamHandler()
+    handler.setLevel(level)  # on the handler too: bm25s sets its own logger to DEBUG
+    handler.setFormatter(logging.Formatter("embengine: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     if args.command == "info":
         from embengine.__main__ import report
 
@@ -198,9 +525,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         demo()
         return EXIT_OK
-    runners = {"embed": _run_embed}
     try:
-        return runners[args.command](args)
+        return args.run(args)
     except KeyboardInterrupt:
         print(f"embengine {args.command}: interrupted; rerun to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -208,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = ""
         from embengine.bulk import BadRecordError
 
-        if isinstance(exc, BadRecordError):
+        if isinstance(exc, BadRecordError) and args.command == "embed":
             hint = (
                 "\n  (finished parts are kept: rerun with --on-error skip to go on past bad "
                 "records, or fix the input and rerun with --overwrite)"

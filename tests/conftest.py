@@ -38,3 +38,12 @@ def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 def engine() -> Engine:
     """The default model on the CPU, loaded once for the whole session."""
     return Engine(device="cpu")
+
+
+@pytest.fixture
+def cli_engine(monkeypatch: pytest.MonkeyPatch, engine: Engine) -> Engine:
+    """The CLI in-process with the session engine (no model load per call)."""
+    from embengine import cli
+
+    monkeypatch.setattr(cli, "_engine", lambda args: engine)
+    return engine

@@ -141,13 +141,6 @@ def test_parquet_nulls_are_bad_records_and_missing_columns_fail(tmp_path: Path) 
         list(read_records([path], None, Fields("body", "id")))
 
 
-@pytest.fixture
-def cli_engine(monkeypatch: pytest.MonkeyPatch, engine: Engine) -> Engine:
-    """The CLI in-process with the session engine (no model load per call)."""
-    monkeypatch.setattr(cli, "_engine", lambda args: engine)
-    return engine
-
-
 def test_cli_stops_on_a_bad_record_then_skips_it_on_request(
     tmp_path: Path, cli_engine: Engine, capsys: pytest.CaptureFixture[str]
 ) -> None:
