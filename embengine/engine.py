@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,6 +15,10 @@ from embengine.batching import TextTokenizer, pad, plan_batches
 from embengine.device import Device, cuda_unavailable_reason, resolve_device
 from embengine.encoders.base import Encoder
 from embengine.models import ModelSpec, load_model_spec
+
+if TYPE_CHECKING:
+    from embengine.tasks.dedup import Clusters, Pairs
+    from embengine.tasks.recommend import Recommender
 
 log = logging.getLogger("embengine")
 
@@ -126,6 +131,26 @@ class Engine:
         stats.truncated += tokenized.truncated
         stats.batches += len(batches)
         return out
+
+    def dedup(self, records: Sequence, threshold: float = 0.9, **options: Any) -> Clusters:
+        """Near-duplicate clusters of str / dict records: see embengine.tasks.dedup.dedup."""
+        from embengine.tasks.dedup import dedup
+
+        return dedup(self, records, threshold, **options)
+
+    def match(
+        self, left: Sequence, right: Sequence, threshold: float = 0.5, **options: Any
+    ) -> Pairs:
+        """Entity matching across two tables: see embengine.tasks.dedup.match."""
+        from embengine.tasks.dedup import match
+
+        return match(self, left, right, threshold, **options)
+
+    def recommender(self, items: Mapping, **options: Any) -> Recommender:
+        """Content-based recommender over {id: text | dict}: see embengine.tasks.recommend."""
+        from embengine.tasks.recommend import Recommender
+
+        return Recommender(self, items, **options)
 
 
 def check_texts(texts: Iterable[str]) -> list[str]:
