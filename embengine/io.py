@@ -33,6 +33,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _file_mode(target))  # mkstemp makes 0600; keep the usual permissions
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -46,6 +47,16 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _file_mode(target: Path) -> int:
+    """The replaced file's mode, or what a plain open() would create under the umask."""
+    try:
+        return target.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def save_arrays(

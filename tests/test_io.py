@@ -55,3 +55,9 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
         atomic_write(path, explode)
     assert load_arrays(path)[1] == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["a.emb"], "temp file left behind"
+
+
+def test_new_files_get_ordinary_permissions(tmp_path: Path) -> None:
+    path = tmp_path / "a.emb"
+    save_arrays(path, {"x": np.arange(3.0)}, {})
+    assert path.stat().st_mode & 0o044, "readable by the owner only: mkstemp's 0600 leaked"
