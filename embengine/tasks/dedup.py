@@ -432,12 +432,37 @@ def match_vectors(
     candidates: int = 10,
     identifier_weight: float = 0.3,
 ) -> Pairs:
-    """Match rows of two tables: (i in left, j in right, score), sorted by i.
+    """Match rows of two tables: (i in left, j in right, score), sorted by (i, j).
+
+    match_candidates, then select_matches: see those for the knobs.
+    """
+    found = match_candidates(
+        left,
+        right,
+        left_texts=left_texts,
+        right_texts=right_texts,
+        confirm=confirm,
+        candidates=candidates,
+        identifier_weight=identifier_weight,
+    )
+    return select_matches(found, threshold, mutual=mutual)
+
+
+def match_candidates(
+    left: np.ndarray,
+    right: np.ndarray,
+    *,
+    left_texts: list[str] | None = None,
+    right_texts: list[str] | None = None,
+    confirm: Confirm | bool | None = None,
+    candidates: int = 10,
+    identifier_weight: float = 0.3,
+) -> Pairs:
+    """Scored candidate pairs across two tables, before any threshold.
 
     Candidates are each row's `candidates` nearest rows of the other table (ops.topk_cosine
     both ways). Their score is the cosine, plus the identifier term of `hybrid_scores`
-    when texts are given. Pairs failing `confirm` or below `threshold` are dropped; with
-    `mutual`, a pair is kept only when each side is the other's best remaining candidate.
+    when texts are given; pairs failing `confirm(left_text, right_text)` are dropped.
     """
     a = ops.check_vectors(left, "left")
     b = ops.check_vectors(right, "right", a.shape[1])
@@ -448,25 +473,28 @@ def match_vectors(
             f"texts must match the vectors: {len(left_texts)} / {len(right_texts)} texts "
             f"for {len(a)} / {len(b)} rows"
         )
-    if (check is not None or identifier_weight) and not has_texts:
-        if check is not None:
-            raise ValueError("confirm needs left_texts and right_texts")
-        identifier_weight = 0.0
+    if check is not None and not has_texts:
+        raise ValueError("confirm needs left_texts and right_texts")
     if candidates < 1:
         raise ValueError(f"candidates must be >= 1, got {candidates}")
     if len(a) == 0 or len(b) == 0:
         return _empty_pairs()
     pairs = _candidate_pairs(a, b, min(candidates, len(b)), min(candidates, len(a)))
     if has_texts:
-        pairs = Pairs(
-            pairs.i, pairs.j, hybrid_scores(pairs, left_texts, right_texts, identifier_weight)
-        )
+        scores = hybrid_scores(pairs, left_texts, right_texts, identifier_weight)
+        pairs = Pairs(pairs.i, pairs.j, scores)
         if check is not None:
             pairs = _confirmed(pairs, left_texts, right_texts, check)
+    return pairs
+
+
+def select_matches(pairs: Pairs, threshold: float, *, mutual: bool = True) -> Pairs:
+    """Scored pairs at or above `threshold`; with `mutual`, only those where each side is
+    the other's best remaining pair (ties: the lower index). Sorted by (i, j)."""
     keep = pairs.score >= threshold
     pairs = Pairs(pairs.i[keep], pairs.j[keep], pairs.score[keep])
     if mutual:
-        pairs = _mutual_best(pairs, len(a), len(b))
+        pairs = _mutual_best(pairs)
     order = np.lexsort((pairs.j, pairs.i))
     return Pairs(pairs.i[order], pairs.j[order], pairs.score[order])
 
@@ -482,12 +510,12 @@ def _candidate_pairs(a: np.ndarray, b: np.ndarray, k_right: int, k_left: int) ->
     return _unique(Pairs(i[valid], j[valid], s[valid]))
 
 
-def _mutual_best(pairs: Pairs, n_left: int, n_right: int) -> Pairs:
+def _mutual_best(pairs: Pairs) -> Pairs:
     """Pairs that are the best of both their rows (ties: the lower other index)."""
     if len(pairs.i) == 0:
         return pairs
-    best_left = _best_per_row(pairs.i, pairs.j, pairs.score, n_left)
-    best_right = _best_per_row(pairs.j, pairs.i, pairs.score, n_right)
+    best_left = _best_per_row(pairs.i, pairs.j, pairs.score, int(pairs.i.max()) + 1)
+    best_right = _best_per_row(pairs.j, pairs.i, pairs.score, int(pairs.j.max()) + 1)
     keep = (best_left[pairs.i] == pairs.j) & (best_right[pairs.j] == pairs.i)
     return Pairs(pairs.i[keep], pairs.j[keep], pairs.score[keep])
 
