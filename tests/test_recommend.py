@@ -90,8 +90,8 @@ def test_interactions_blend_with_content() -> None:
 def test_diversity_spreads_the_list() -> None:
     table = {"a": [1, 0, 0], "a2": [1, 0.02, 0], "a3": [1, 0.03, 0.01], "b": [0.7, 0.7, 0]}
     items = {key: key for key in table}
-    plain = Recommender(FakeEngine(table), items)
-    diverse = Recommender(FakeEngine(table), items, diversity=0.7)
+    plain = Recommender(FakeEngine(table), items, center=False)
+    diverse = Recommender(FakeEngine(table), items, diversity=0.7, center=False)
     assert plain.for_user(["a"], k=2)[1].tolist() == ["a2", "a3"]
     assert diverse.for_user(["a"], k=2)[1].tolist() == ["a2", "b"]
 
@@ -104,12 +104,32 @@ def test_several_profiles_cover_two_tastes() -> None:
     table["mix"] = sci + rom  # halfway: the single centroid's favourite
     items = {key: key for key in table}
     history = ["s0", "s1", "s2", "r0", "r1", "r2"]
-    one = Recommender(FakeEngine(table), items)
-    two = Recommender(FakeEngine(table), items, profiles=2)
+    one = Recommender(FakeEngine(table), items, center=False)
+    two = Recommender(FakeEngine(table), items, profiles=2, center=False)
     assert one.for_user(history, k=1)[1][0] == "mix"
     top = two.for_user(history, k=4)[1].tolist()
     assert any(i.startswith("s") for i in top)
     assert any(i.startswith("r") for i in top)
+
+
+def test_centering_removes_the_shared_direction() -> None:
+    # most items share a large first component; "a2" has a's own direction but little of the
+    # shared one, "generic" has almost only the shared one
+    table = {
+        "a": np.array([3.0, 1, 0, 0]),
+        "a2": np.array([0.5, 1, 0.1, 0]),
+        "b": np.array([3.0, 0, 1, 0]),
+        "c": np.array([3.0, 0, 0, 1]),
+        "generic": np.array([3.0, 0.1, 0.1, 0.1]),
+        "d": np.array([3.0, -1, 0, 0]),
+        "e": np.array([3.0, 0, -1, 0]),
+    }
+    items = {key: key for key in table}
+    raw = Recommender(FakeEngine(table), items, center=False)
+    centred = Recommender(FakeEngine(table), items)
+    assert raw.for_user(["a"], k=1)[1][0] == "generic"
+    assert centred.for_user(["a"], k=1)[1][0] == "a2"
+    np.testing.assert_allclose(np.linalg.norm(centred.content_vectors, axis=1), 1.0, rtol=1e-5)
 
 
 def test_bad_input_is_refused() -> None:

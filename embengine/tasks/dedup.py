@@ -255,12 +255,11 @@ def partitioned_pairs(
 ) -> Pairs:
     """Pairs i < j with cosine >= threshold, searched within k-means partitions.
 
-    Each row has a home partition (nearest centroid) and a second one (nearest among the
-    rest). Every partition's home rows are compared with each other and with the rows
-    whose second partition it is, so a pair split by a partition boundary is still found
-    when one of its rows lies on the other's side. Approximate: recall is measured in
-    benchmarks/bench_dedup_scale.py. Work ~ 3 n * (n / partitions) * d, memory ~ the
-    largest partition squared.
+    Each row joins two partitions: its nearest centroid's and the next nearest one's, and
+    all pairs within each partition are compared; so a pair split by a partition boundary
+    is still found when the two rows share either partition. Approximate: recall is
+    measured in benchmarks/bench_dedup_scale.py. Work ~ 2 n * (n / partitions) * d, memory
+    ~ the largest partition squared.
     """
     n = len(vectors)
     k = partitions if partitions is not None else max(1, round(n / PARTITION_SIZE))
@@ -279,13 +278,10 @@ def partitioned_pairs(
     by_second = _group(second, k)
     parts = []
     for c in range(k):
-        members, guests = by_home[c], by_second[c]
-        if len(members) > 1:
-            i, j, s = ops.pairs_above(vectors[members], threshold)
-            parts.append(Pairs(members[i], members[j], s))
-        if len(members) and len(guests):
-            i, j, s = ops.pairs_above(vectors[guests], threshold, y=vectors[members])
-            a, b = guests[i], members[j]
+        rows = np.concatenate([by_home[c], by_second[c]])
+        if len(rows) > 1:
+            i, j, s = ops.pairs_above(vectors[rows], threshold)
+            a, b = rows[i], rows[j]
             parts.append(Pairs(np.minimum(a, b), np.maximum(a, b), s))
     return _unique(_concat(parts))
 

@@ -31,8 +31,10 @@ class Recommender:
     `interactions` is an iterable of (user, item) or (user, item, weight) rows; with it,
     `alpha` in [0, 1] weights co-occurrence against content (0: content only).
     `profiles` > 1 splits a long history into that many taste centroids (k-means) and
-    scores an item by its best one. `diversity` in [0, 1) re-ranks by maximal marginal
-    relevance (0: pure relevance).
+    scores an item by its best one. `center` scores content on embeddings minus the
+    catalogue's mean vector (renormalised): the direction all items share otherwise
+    dominates every centroid and favours generic items. `diversity` in [0, 1) re-ranks by
+    maximal marginal relevance (0: pure relevance).
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class Recommender:
         alpha: float = 0.5,
         profiles: int = 1,
         diversity: float = 0.0,
+        center: bool = True,
         fields: Sequence[str] | None = None,
         template: str | None = None,
     ) -> None:
@@ -57,6 +60,8 @@ class Recommender:
         self.alpha = alpha
         self.profiles = profiles
         self.diversity = diversity
+        self.center = center
+        self._content: np.ndarray | None = None  # scoring vectors, rebuilt after add_items
         self._fields, self._template = fields, template
         self.ids: list[ItemId] = []
         self._row: dict[ItemId, int] = {}
@@ -87,6 +92,18 @@ class Recommender:
             self._row[item_id] = len(self.ids) + offset
         self.ids.extend(new_ids)
         self.vectors = np.concatenate([self.vectors, vectors]) if len(self.vectors) else vectors
+        self._content = None
+
+    @property
+    def content_vectors(self) -> np.ndarray:
+        """(n, dim) unit rows that content scores use: the embeddings, centred if `center`."""
+        if self._content is None:
+            if self.center and len(self.vectors) > 1:
+                centred = np.ascontiguousarray(self.vectors - self.vectors.mean(axis=0))
+                self._content = ops.normalize_rows_(centred)
+            else:
+                self._content = self.vectors
+        return self._content
 
     def add_interactions(self, interactions: Iterable[tuple]) -> None:
         """Record (user, item) or (user, item, weight) rows; unknown items raise KeyError."""
@@ -118,7 +135,8 @@ class Recommender:
         """
         row = self._rows([item_id], "item_id")[0]
         k = self._check_k(k)
-        scores, rows = ops.topk_cosine(self.vectors[row : row + 1], self.vectors, k + 1)
+        vectors = self.content_vectors
+        scores, rows = ops.topk_cosine(vectors[row : row + 1], vectors, k + 1)
         keep = (rows[0] >= 0) & (rows[0] != row)
         return scores[0][keep][:k], self._ids_of(rows[0][keep][:k])
 
@@ -165,13 +183,14 @@ class Recommender:
 
     def _content_scores(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """Best cosine of each item to the history's taste centroid(s)."""
-        vectors = self.vectors[rows]
+        catalogue = self.content_vectors
+        vectors = catalogue[rows]
         if self.profiles > 1 and len(rows) > 2 * self.profiles:
             centroids = kmeans(vectors, self.profiles, iterations=5, seed=0)
         else:
             centroids = (weights[:, None] * vectors).sum(0, keepdims=True)
             centroids = ops.normalize_rows_(np.ascontiguousarray(centroids, dtype=np.float32))
-        dist, _ = ops.centroid_distance(self.vectors, centroids)
+        dist, _ = ops.centroid_distance(catalogue, centroids)
         return 1.0 - dist
 
     def _cooccurrence(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -205,7 +224,8 @@ class Recommender:
             gain[chosen] = -np.inf
             best = int(np.argmax(gain))
             chosen.append(best)
-            closest = np.maximum(closest, self.vectors[pool] @ self.vectors[pool[best]])
+            vectors = self.content_vectors
+            closest = np.maximum(closest, vectors[pool] @ vectors[pool[best]])
         return pool[chosen]
 
     # ------------------------------------------------------------------------ helpers
