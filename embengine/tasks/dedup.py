@@ -251,24 +251,41 @@ def partitioned_pairs(
     threshold: float,
     *,
     partitions: int | None = None,
+    rounds: int = 2,
     seed: int = 0,
 ) -> Pairs:
     """Pairs i < j with cosine >= threshold, searched within k-means partitions.
 
-    Each row joins two partitions: its nearest centroid's and the next nearest one's, and
-    all pairs within each partition are compared; so a pair split by a partition boundary
-    is still found when the two rows share either partition. Approximate: recall is
-    measured in benchmarks/bench_dedup_scale.py. Work ~ 2 n * (n / partitions) * d, memory
-    ~ the largest partition squared.
+    Each row joins two partitions, its nearest centroid's and the next nearest one's, and
+    all pairs within each partition are compared: a pair split by a boundary is still
+    found when its rows share either partition. `rounds` repeats this with differently
+    seeded k-means and joins the results, as the boundaries then fall elsewhere.
+    Approximate: recall is measured in benchmarks/bench_dedup_scale.py. Work ~ rounds *
+    2 n * (n / partitions) * d; memory ~ the largest partition squared.
     """
     n = len(vectors)
     k = partitions if partitions is not None else max(1, round(n / PARTITION_SIZE))
     if k <= 1:
         return exact_pairs(vectors, threshold)
-    centroids = kmeans(vectors, k, seed=seed)
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    parts = []
+    for r in range(rounds):
+        centroids = kmeans(vectors, k, seed=seed + r)
+        for rows in _two_nearest_partitions(vectors, centroids):
+            if len(rows) > 1:
+                i, j, s = ops.pairs_above(vectors[rows], threshold)
+                a, b = rows[i], rows[j]
+                parts.append(Pairs(np.minimum(a, b), np.maximum(a, b), s))
+    return _unique(_concat(parts))
+
+
+def _two_nearest_partitions(vectors: np.ndarray, centroids: np.ndarray) -> list[np.ndarray]:
+    """For each centroid, the rows whose nearest or second-nearest centroid it is."""
+    k = len(centroids)
     _, home = _nearest_centroid(vectors, centroids)
-    second = np.full(n, -1, dtype=np.int64)
     by_home = _group(home, k)
+    second = np.full(len(vectors), -1, dtype=np.int64)
     others = np.arange(k)
     for c, members in enumerate(by_home):
         if len(members):
@@ -276,14 +293,7 @@ def partitioned_pairs(
             _, nearest = _nearest_centroid(vectors[members], centroids[rest])
             second[members] = rest[nearest]
     by_second = _group(second, k)
-    parts = []
-    for c in range(k):
-        rows = np.concatenate([by_home[c], by_second[c]])
-        if len(rows) > 1:
-            i, j, s = ops.pairs_above(vectors[rows], threshold)
-            a, b = rows[i], rows[j]
-            parts.append(Pairs(np.minimum(a, b), np.maximum(a, b), s))
-    return _unique(_concat(parts))
+    return [np.concatenate([by_home[c], by_second[c]]) for c in range(k)]
 
 
 def _group(labels: np.ndarray, k: int) -> list[np.ndarray]:
