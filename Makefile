@@ -49,5 +49,8 @@ dev: venv  ## in-place build for quick iteration: then `PYTHONPATH=. .venv/bin/p
 	cp build/dev/_native*.so embengine/
 	cp build/dev/_cuda*.so embengine/ 2>/dev/null || true
 
+gpu-check:  ## on a GPU machine (Python with torch+CuPy, no venv, no network): build, GPU tests + benchmarks -> benchmarks/results/gpu-<card>.md
+	$(PYTHON) benchmarks/gpu_check.py
+
 clean:  ## remove build outputs (keeps the venv)
 	rm -rf build embengine/*.so

@@ -1,43 +1,46 @@
-"""Embeddings of a whole dataset, cached on disk so evaluation reruns are fast.
+"""Embeddings of a whole dataset, cached under benchmarks/.cache so eval reruns are fast.
 
-The cache key is the model fingerprint plus a hash of the exact texts in order; files are
-written and verified with embengine.io, so a stale or corrupt entry is never used.
+The key is the model fingerprint, the producer (backend and precision, or a peer library)
+and a sha256 of the exact texts; files are written and verified with embengine.io.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from embengine import Engine
 from embengine.io import CorruptFileError, load_arrays, save_arrays
 
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"
 
 
-def texts_digest(texts: list[str]) -> str:
-    """sha256 over the texts, length-prefixed so that ["ab", "c"] != ["a", "bc"]."""
-    h = hashlib.sha256()
+def texts_digest(texts: Sequence[str]) -> str:
+    digest = hashlib.sha256()
     for text in texts:
-        data = text.encode("utf-8")
-        h.update(len(data).to_bytes(8, "little"))
-        h.update(data)
-    return h.hexdigest()
+        digest.update(text.encode("utf-8"))
+        digest.update(b"\x00")
+    return digest.hexdigest()[:24]
 
 
-def cached_embed(engine: Engine, texts: list[str], *, name: str) -> np.ndarray:
-    """engine.embed(texts), read from benchmarks/.cache when this model embedded them before."""
-    key = f"{engine.spec.fingerprint}-{texts_digest(texts)}"[:80]
-    path = CACHE_DIR / f"{name}-{key}.emb"
-    if path.exists():
+def cached_embeddings(
+    fingerprint: str,
+    producer: str,
+    texts: Sequence[str],
+    embed: Callable[[list[str]], np.ndarray],
+    *,
+    directory: Path = CACHE_DIR,
+) -> np.ndarray:
+    """`embed(texts)`, or the stored result for the same model, producer and texts."""
+    path = directory / f"{fingerprint}-{producer}-{texts_digest(texts)}.eeb"
+    if path.is_file():
         try:
-            arrays, meta = load_arrays(path)
-            if meta.get("texts") == len(texts):
-                return arrays["vectors"]
+            arrays, _ = load_arrays(path)
+            return arrays["embeddings"]
         except CorruptFileError:
-            pass  # recompute and overwrite below
-    vectors = engine.embed(texts, progress=len(texts) > 5000)
-    save_arrays(path, {"vectors": vectors}, {"texts": len(texts), "name": name})
+            pass  # recompute and overwrite
+    vectors = np.asarray(embed(list(texts)), dtype=np.float32)
+    save_arrays(path, {"embeddings": vectors}, {"producer": producer, "texts": len(texts)})
     return vectors

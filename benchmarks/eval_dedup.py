@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from embed_cache import cached_embed
+from embed_cache import cached_embeddings
 
 from embengine import Engine
 from embengine.tasks.dedup import (
@@ -97,13 +97,15 @@ def string_baseline(left: list[str], right: list[str], gold: set) -> tuple[float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--backend", default="torch", help="encoder backend (results: torch)")
     args = parser.parse_args()
     abt, buy, gold = load(args.data)
     left = record_texts(abt, template=TEMPLATE)
     right = record_texts(buy, template=TEMPLATE)
-    engine = Engine()
-    a = cached_embed(engine, left, name="abt")
-    b = cached_embed(engine, right, name="buy")
+    engine = Engine(backend=args.backend)
+    producer = f"{engine.encoder.name}-{engine.encoder.precision}"
+    a = cached_embeddings(engine.spec.fingerprint, producer, left, engine.embed)
+    b = cached_embeddings(engine.spec.fingerprint, producer, right, engine.embed)
     print(f"Abt-Buy: {len(abt)} x {len(buy)} records, {len(gold)} gold pairs; {engine.spec.name}")
 
     confirm = StringConfirm()

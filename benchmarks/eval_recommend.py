@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from embed_cache import cached_embed
+from embed_cache import cached_embeddings
 
 from embengine import Engine
 from embengine.tasks.recommend import Recommender
@@ -174,11 +174,15 @@ def _prebuilt(texts: dict, vectors: np.ndarray):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--backend", default="torch", help="encoder backend (results: torch)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     texts, ratings, tag_counts = load(args.data)
-    engine = Engine()
-    vectors = cached_embed(engine, list(texts.values()), name="movielens")
+    engine = Engine(backend=args.backend)
+    producer = f"{engine.encoder.name}-{engine.encoder.precision}"
+    vectors = cached_embeddings(
+        engine.spec.fingerprint, producer, list(texts.values()), engine.embed
+    )
     print(f"MovieLens small: {len(texts)} movies, {len(ratings)} ratings; {engine.spec.name}")
     cold_start(texts, vectors, ratings, tag_counts, args.seed)
     warm(texts, vectors, ratings, args.seed)

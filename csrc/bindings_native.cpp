@@ -2,7 +2,12 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cmath>
+#include <cstring>
+#include <limits>
 #include <sstream>
+#include <utility>
+#include <vector>
 #include <string>
 
 #ifdef _OPENMP
@@ -10,6 +15,7 @@
 #endif
 
 #include "embengine/pooling.h"
+#include "embengine/similarity.h"
 
 namespace py = pybind11;
 using namespace embengine;
@@ -73,6 +79,222 @@ void normalize_rows(py::array& x, float eps) {
   cpu::normalize_rows_f32(data, n, d, eps);
 }
 
+// By kind, size and native byte order, not dtype identity: arrays from other producers
+// (Ray's object store, pickles) carry equal dtypes that are distinct objects.
+bool native_float(const py::array& a, py::ssize_t size) {
+  constexpr char kNative = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? '<' : '>';
+  const char order = a.dtype().byteorder();
+  return a.dtype().kind() == 'f' && a.dtype().itemsize() == size &&
+         (order == '=' || order == '|' || order == kNative);
+}
+bool is_f32(const py::array& a) { return native_float(a, 4); }
+bool is_f16(const py::array& a) { return native_float(a, 2); }
+
+// A C-contiguous (rows, cols) matrix of the given dtype, or ValueError naming it.
+void require_matrix(const py::array& a, const char* name, bool allow_f16 = false) {
+  require(a.ndim() == 2, std::string(name) + " must be 2-D, got shape " + shape_of(a));
+  require(is_f32(a) || (allow_f16 && is_f16(a)),
+          std::string(name) + (allow_f16 ? " must be float32 or float16" : " must be float32") +
+              ", got " + std::string(py::str(a.dtype())));
+  require_c_contiguous(a, name);
+}
+
+// The running top-k state of q queries: (q, k) float32 scores and int64 ids, writeable.
+void require_heaps(const py::array& scores, const py::array& ids, int64_t q) {
+  require_matrix(scores, "heap_scores");
+  require(ids.ndim() == 2 && ids.shape(0) == scores.shape(0) && ids.shape(1) == scores.shape(1),
+          "heap_ids must match heap_scores " + shape_of(scores) + ", got " + shape_of(ids));
+  require(py::dtype::of<int64_t>().is(ids.dtype()), "heap_ids must be int64");
+  require_c_contiguous(ids, "heap_ids");
+  require(scores.writeable() && ids.writeable(), "heap arrays must be writeable");
+  require(scores.shape(0) == q, "heap arrays have " + std::to_string(scores.shape(0)) +
+                                    " rows for " + std::to_string(q) + " queries");
+  require(scores.shape(1) >= 1, "k must be >= 1");
+}
+
+int64_t topk_scan(const py::array& queries, const py::array& base, py::array& heap_scores,
+               py::array& heap_ids, int64_t base_offset, bool exclude_self, int64_t self_offset) {
+  require_matrix(queries, "queries");
+  require_matrix(base, "base", true);
+  require(base.shape(1) == queries.shape(1), "base has dim " + std::to_string(base.shape(1)) +
+                                                 ", queries have " +
+                                                 std::to_string(queries.shape(1)));
+  const int64_t q = queries.shape(0), n = base.shape(0), d = queries.shape(1);
+  require_heaps(heap_scores, heap_ids, q);
+  const int64_t k = heap_scores.shape(1);
+  const auto* qp = static_cast<const float*>(queries.data());
+  auto* hs = static_cast<float*>(heap_scores.mutable_data());
+  auto* hi = static_cast<int64_t*>(heap_ids.mutable_data());
+  if (is_f32(base)) {
+    const auto* bp = static_cast<const float*>(base.data());
+    py::gil_scoped_release release;
+    return cpu::topk_scan_f32(qp, q, bp, n, d, base_offset, k, hs, hi, exclude_self,
+                              self_offset);
+  }
+  const auto* bp = static_cast<const uint16_t*>(base.data());
+  py::gil_scoped_release release;
+  return cpu::topk_scan_f16(qp, q, bp, n, d, base_offset, k, hs, hi, exclude_self, self_offset);
+}
+
+// A float32 (rows, cols) tile whose rows may be strided (a column slice of a buffer).
+int64_t require_tile(const py::array& tile) {
+  require(tile.ndim() == 2, "tile must be 2-D, got shape " + shape_of(tile));
+  require(is_f32(tile), "tile must be float32");
+  require(tile.strides(1) == 4 && tile.strides(0) % 4 == 0 && tile.strides(0) >= 4 * tile.shape(1),
+          "tile rows must be contiguous float32");
+  return tile.strides(0) / 4;
+}
+
+int64_t topk_offer_tile(const py::array& tile, py::array& heap_scores, py::array& heap_ids,
+                     int64_t base_offset, bool exclude_self, int64_t self_offset) {
+  const int64_t ld = require_tile(tile);
+  const int64_t q = tile.shape(0), n = tile.shape(1);
+  require_heaps(heap_scores, heap_ids, q);
+  const int64_t k = heap_scores.shape(1);
+  const auto* t = static_cast<const float*>(tile.data());
+  auto* hs = static_cast<float*>(heap_scores.mutable_data());
+  auto* hi = static_cast<int64_t*>(heap_ids.mutable_data());
+  py::gil_scoped_release release;
+  return cpu::topk_offer_tile(t, q, n, ld, base_offset, k, hs, hi, exclude_self, self_offset);
+}
+
+void topk_finish(py::array& heap_scores, py::array& heap_ids) {
+  require_heaps(heap_scores, heap_ids, heap_scores.ndim() == 2 ? heap_scores.shape(0) : 0);
+  const int64_t q = heap_scores.shape(0), k = heap_scores.shape(1);
+  auto* hs = static_cast<float*>(heap_scores.mutable_data());
+  auto* hi = static_cast<int64_t*>(heap_ids.mutable_data());
+  py::gil_scoped_release release;
+  cpu::topk_finish(hs, hi, q, k);
+}
+
+py::tuple nearest_centroid(const py::array& x, const py::array& centroids) {
+  require_matrix(x, "x", true);
+  require_matrix(centroids, "centroids");
+  require(centroids.shape(1) == x.shape(1) && centroids.shape(0) >= 1,
+          "centroids must have shape (c >= 1, " + std::to_string(x.shape(1)) + "), got " +
+              shape_of(centroids));
+  const int64_t n = x.shape(0), c = centroids.shape(0), d = x.shape(1);
+  py::array_t<float> best(n);
+  py::array_t<int64_t> index(n);
+  const auto* cp = static_cast<const float*>(centroids.data());
+  float* bp = best.mutable_data();
+  int64_t* ip = index.mutable_data();
+  int64_t not_finite = 0;
+  if (is_f32(x)) {
+    const auto* xp = static_cast<const float*>(x.data());
+    py::gil_scoped_release release;
+    not_finite = cpu::nearest_centroid_f32(xp, n, cp, c, d, bp, ip);
+  } else {
+    const auto* xp = static_cast<const uint16_t*>(x.data());
+    py::gil_scoped_release release;
+    not_finite = cpu::nearest_centroid_f16(xp, n, cp, c, d, bp, ip);
+  }
+  return py::make_tuple(best, index, not_finite);
+}
+
+template <typename T>
+py::array_t<T> to_numpy_1d(const std::vector<T>& v) {
+  py::array_t<T> out(static_cast<py::ssize_t>(v.size()));
+  if (!v.empty()) std::memcpy(out.mutable_data(), v.data(), v.size() * sizeof(T));
+  return out;
+}
+
+py::tuple pairs_in_tile(const py::array& tile, const py::array& rows, const py::array& cols,
+                        int64_t row0, int64_t col0, float threshold, float margin,
+                        bool upper_only) {
+  const int64_t ld = require_tile(tile);
+  require_matrix(rows, "rows");
+  require_matrix(cols, "cols");
+  require(rows.shape(0) == tile.shape(0) && cols.shape(0) == tile.shape(1) &&
+              rows.shape(1) == cols.shape(1),
+          "rows " + shape_of(rows) + " and cols " + shape_of(cols) + " do not match tile " +
+              shape_of(tile));
+  const auto* t = static_cast<const float*>(tile.data());
+  const auto* rp = static_cast<const float*>(rows.data());
+  const auto* cp = static_cast<const float*>(cols.data());
+  const int64_t nr = tile.shape(0), nc = tile.shape(1), d = rows.shape(1);
+  cpu::PairList found;
+  int64_t not_finite = 0;
+  {
+    py::gil_scoped_release release;
+    not_finite = cpu::pairs_in_tile(t, nr, nc, ld, rp, cp, d, row0, col0, threshold, margin,
+                                    upper_only, &found);
+  }
+  return py::make_tuple(to_numpy_1d(found.i), to_numpy_1d(found.j), to_numpy_1d(found.score),
+                        not_finite);
+}
+
+py::array_t<float> dot_tile(const py::array& a, const py::array& b) {
+  require_matrix(a, "a");
+  require_matrix(b, "b", true);
+  require(a.shape(1) == b.shape(1), "a " + shape_of(a) + " and b " + shape_of(b) +
+                                        " must have the same dim");
+  const int64_t na = a.shape(0), nb = b.shape(0), d = a.shape(1);
+  py::array_t<float> out({na, nb});
+  const auto* ap = static_cast<const float*>(a.data());
+  float* op = out.mutable_data();
+  py::gil_scoped_release release;
+  if (is_f32(b)) {
+    cpu::dot_tile_f32(ap, na, static_cast<const float*>(b.data()), nb, d, op, nb);
+  } else {
+    cpu::dot_tile_f16(ap, na, static_cast<const uint16_t*>(b.data()), nb, d, op, nb);
+  }
+  return out;
+}
+
+// Best-first (scores, ids) lists as the CUDA selection gets them, checked and copied.
+std::pair<std::vector<float>, std::vector<int64_t>> sorted_list(const py::array& scores,
+                                                                const py::array& ids,
+                                                                const char* name) {
+  require(scores.ndim() == 1 && ids.ndim() == 1 && scores.shape(0) == ids.shape(0),
+          std::string(name) + " scores and ids must be 1-D of one length");
+  auto s = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(scores);
+  auto i = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(ids);
+  return {std::vector<float>(s.data(), s.data() + s.size()),
+          std::vector<int64_t>(i.data(), i.data() + i.size())};
+}
+
+// The CUDA merge step run on the CPU: the best k of two best-first lists, one merge-path
+// search per output position exactly as each CUDA thread does it.
+py::tuple merge_sorted_lists(const py::array& a_scores, const py::array& a_ids,
+                             const py::array& b_scores, const py::array& b_ids, int64_t k) {
+  auto [as, ai] = sorted_list(a_scores, a_ids, "a");
+  auto [bs, bi] = sorted_list(b_scores, b_ids, "b");
+  const int64_t na = as.size(), nb = bs.size();
+  require(k >= 0 && k <= na + nb, "k must be in [0, len(a) + len(b)]");
+  std::vector<float> s(k);
+  std::vector<int64_t> i(k);
+  for (int64_t p = 0; p < k; ++p) {
+    merge_path_entry(as.data(), ai.data(), na, bs.data(), bi.data(), nb, p, &s[p], &i[p]);
+  }
+  return py::make_tuple(to_numpy_1d(s), to_numpy_1d(i));
+}
+
+// The CUDA block sort run on the CPU: pad to a power of two with empty slots and run the
+// bitonic network, every compare-exchange through the same helpers as the kernel.
+py::tuple bitonic_sort(const py::array& scores, const py::array& ids) {
+  auto [s, i] = sorted_list(scores, ids, "input");
+  const int64_t n = s.size();
+  if (n == 0) return py::make_tuple(to_numpy_1d(s), to_numpy_1d(i));
+  const int64_t size = next_pow2(n);
+  s.resize(size, -std::numeric_limits<float>::infinity());
+  i.resize(size, kNoId);
+  for (int64_t stage = 2; stage <= size; stage *= 2) {
+    for (int64_t stride = stage / 2; stride > 0; stride /= 2) {
+      for (int64_t t = 0; t < size; ++t) {  // one "thread" per element, then a barrier
+        const int64_t p = bitonic_partner(t, stride);
+        if (p >= 0 && bitonic_should_swap(s[t], i[t], s[p], i[p], t, stage)) {
+          std::swap(s[t], s[p]);
+          std::swap(i[t], i[p]);
+        }
+      }
+    }
+  }
+  s.resize(n);
+  i.resize(n);
+  return py::make_tuple(to_numpy_1d(s), to_numpy_1d(i));
+}
+
 std::string cpu_simd_level() {
 #if defined(__x86_64__) && defined(__GNUC__)
   __builtin_cpu_init();
@@ -119,5 +341,33 @@ PYBIND11_MODULE(_native, m) {
         "-> (b, d) float32 unit rows (all-padding rows give zeros).");
   m.def("normalize_rows", &normalize_rows, py::arg("x"), py::arg("eps"),
         "Scale the rows of a C-contiguous float32 (n, d) array to unit norm, in place.");
+  m.def("topk_scan", &topk_scan, py::arg("queries"), py::arg("base"), py::arg("heap_scores"),
+        py::arg("heap_ids"), py::arg("base_offset"), py::arg("exclude_self"),
+        py::arg("self_offset"),
+        "Offer every base row (ids base_offset + row) to the (q, k) top-k heaps: the native "
+        "SIMD scan for few queries. float32 queries, float32 or float16 base. Returns the "
+        "count of non-finite scores (skipped).");
+  m.def("topk_offer_tile", &topk_offer_tile, py::arg("tile"), py::arg("heap_scores"),
+        py::arg("heap_ids"), py::arg("base_offset"), py::arg("exclude_self"),
+        py::arg("self_offset"), "Offer a (q, m) float32 score tile to the (q, k) top-k heaps; returns the count of "
+        "non-finite scores (skipped).");
+  m.def("topk_finish", &topk_finish, py::arg("heap_scores"), py::arg("heap_ids"),
+        "Sort the (q, k) heaps in place into best-first lists (empty slots -inf / -1 last).");
+  m.def("nearest_centroid", &nearest_centroid, py::arg("x"), py::arg("centroids"),
+        "(best, index, not_finite): highest inner product of each row of x with c centroids, "
+        "its index (lowest on ties), and how many rows met a non-finite score.");
+  m.def("pairs_in_tile", &pairs_in_tile, py::arg("tile"), py::arg("rows"), py::arg("cols"),
+        py::arg("row0"), py::arg("col0"), py::arg("threshold"), py::arg("margin"),
+        py::arg("upper_only"),
+        "(i, j, score, not_finite): pairs >= threshold of the tile rows @ cols.T, row-major; "
+        "tile entries >= threshold - margin are re-scored with the native dot; rows are ids "
+        "row0 + r, columns col0 + c; upper_only keeps i < j.");
+  m.def("dot_tile", &dot_tile, py::arg("a"), py::arg("b"),
+        "a @ b.T with the native SIMD kernel (float32 a, float32 or float16 b).");
+  m.def("merge_sorted_lists", &merge_sorted_lists, py::arg("a_scores"), py::arg("a_ids"),
+        py::arg("b_scores"), py::arg("b_ids"), py::arg("k"),
+        "The CUDA top-k merge step on the CPU (tests): best k of two best-first lists.");
+  m.def("bitonic_sort", &bitonic_sort, py::arg("scores"), py::arg("ids"),
+        "The CUDA block sort on the CPU (tests): best-first by score, then lower id.");
   m.def("build_info", &build_info, "What this module was compiled with.");
 }

@@ -22,6 +22,7 @@ def report() -> dict[str, object]:
         }
     except ImportError:
         info["torch"] = "not installed"
+    info["onnxruntime"] = _onnxruntime()
     try:
         from embengine.models import load_model_spec
 
@@ -30,6 +31,17 @@ def report() -> dict[str, object]:
     except (FileNotFoundError, ValueError) as exc:
         info["default_model"] = f"unavailable: {exc}"
     return info
+
+
+def _onnxruntime() -> dict[str, object] | str:
+    """Which ONNX Runtime package is installed and the providers it offers."""
+    from embengine.encoders.onnx_backend import ort_distribution
+
+    try:
+        import onnxruntime
+    except ImportError:
+        return "not installed (pip install 'embengine[onnx]')"
+    return {"package": ort_distribution(), "providers": onnxruntime.get_available_providers()}
 
 
 if __name__ == "__main__":

@@ -3,12 +3,17 @@
 Sorting by token length before batching means each batch pads only to its own longest
 text; the budget counts padded tokens (batch size x longest), which is what the encoder
 really computes. The caller scatters results back to input order.
+
+`stream_batches` cuts a long input into chunks and tokenises and pads chunk k+1 in a worker
+thread while the caller encodes chunk k (the tokenizer and the encoders release the GIL),
+so tokenisation hides behind inference instead of adding to it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -72,3 +77,68 @@ def pad(ids: list[list[int]], indices: np.ndarray, pad_id: int) -> tuple[np.ndar
         input_ids[row, : len(ids[i])] = ids[i]
         mask[row, : len(ids[i])] = 1
     return input_ids, mask
+
+
+# Texts per chunk in stream_batches: large enough that sorting within a chunk leaves little
+# padding, small enough that the first batch starts soon and overlap covers most of the work.
+CHUNK_TEXTS = 1024
+
+
+@dataclass
+class Batch:
+    """One padded batch; `indices` locate its rows in the texts given to stream_batches."""
+
+    indices: np.ndarray
+    input_ids: np.ndarray  # (batch, tokens) int64
+    attention_mask: np.ndarray  # (batch, tokens) int64
+
+
+@dataclass
+class Chunk:
+    """The batches of one chunk of texts, and its token counts."""
+
+    batches: list[Batch] = field(default_factory=list)
+    texts: int = 0
+    tokens: int = 0
+    truncated: int = 0
+
+
+def stream_batches(
+    texts: Sequence[str],
+    tokenizer: TextTokenizer,
+    *,
+    batch_tokens: int,
+    max_batch_size: int,
+    chunk_texts: int | None = None,
+) -> Iterator[Chunk]:
+    """Chunks of padded, length-sorted batches, the next one prepared while this one is used.
+
+    `chunk_texts` defaults to CHUNK_TEXTS.
+    """
+    chunk_texts = CHUNK_TEXTS if chunk_texts is None else chunk_texts
+    if chunk_texts < 1:
+        raise ValueError(f"chunk_texts must be positive, got {chunk_texts}")
+
+    def prepare(start: int) -> Chunk:
+        tokenized = tokenizer(texts[start : start + chunk_texts])
+        chunk = Chunk(
+            texts=len(tokenized.ids),
+            tokens=int(tokenized.lengths.sum()),
+            truncated=tokenized.truncated,
+        )
+        for indices in plan_batches(tokenized.lengths, batch_tokens, max_batch_size):
+            input_ids, mask = pad(tokenized.ids, indices, tokenizer.pad_id)
+            chunk.batches.append(Batch(indices + start, input_ids, mask))
+        return chunk
+
+    starts = range(0, len(texts), chunk_texts)
+    if len(starts) <= 1:  # nothing to overlap with
+        yield from (prepare(start) for start in starts)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="embengine-tokenize") as pool:
+        pending = pool.submit(prepare, starts[0])
+        for next_start in [*starts[1:], None]:
+            chunk = pending.result()
+            if next_start is not None:
+                pending = pool.submit(prepare, next_start)
+            yield chunk

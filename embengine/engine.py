@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from embengine.batching import TextTokenizer, pad, plan_batches
+from embengine.batching import Chunk, TextTokenizer, stream_batches
 from embengine.device import Device, cuda_unavailable_reason, resolve_device
-from embengine.encoders.base import Encoder
+from embengine.encoders import Encoder, make_encoder
 from embengine.models import ModelSpec, load_model_spec
 
 if TYPE_CHECKING:
@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from embengine.tasks.recommend import Recommender
 
 log = logging.getLogger("embengine")
+
+# CPU batch budget, tuned with benchmarks/bench_encode.py --tune on the 2-core CPU.
+CPU_BATCH_TOKENS = 4096
+CPU_MAX_BATCH_SIZE = 64
 
 
 @dataclass
@@ -50,9 +54,13 @@ class Engine:
 
     `model` is None for the packaged all-MiniLM-L6-v2, or a local sentence-transformers
     directory. `device` is "auto" (CUDA when usable, else CPU, and says which), "cpu" or
-    "cuda" (raises when CUDA is not usable). `batch_tokens` caps padded tokens per batch
-    and `max_batch_size` texts per batch (defaults per device: small batches stay in the
-    CPU's caches, large ones fill a GPU).
+    "cuda" (raises when CUDA is not usable). `backend` is "auto" (the fastest available for
+    the device; `describe()` says which and why), "torch", "onnx" or "onnx-tensorrt".
+    `precision` is "auto" (fp32 on CPU, fp16 on CUDA), "fp32", "fp16", "bf16" (torch on
+    CUDA) or "int8" (onnx on CPU, dynamic quantisation: explicit only, see README for its
+    accuracy). `batch_tokens` caps padded tokens per batch and `max_batch_size` texts per
+    batch (defaults per device, measured: small batches stay in the CPU's caches, large
+    ones fill a GPU).
     """
 
     def __init__(
@@ -70,10 +78,17 @@ class Engine:
         if Device(device) is Device.AUTO and self.device is Device.CPU:
             log.info("device='auto' chose the CPU: %s", cuda_unavailable_reason())
         self.tokenizer = TextTokenizer(self.spec)
-        self.encoder: Encoder = _make_encoder(self.spec, self.device, backend, precision)
-        cuda = self.device is Device.CUDA
-        self.batch_tokens = batch_tokens or (65536 if cuda else 4096)
-        self.max_batch_size = max_batch_size or (1024 if cuda else 64)
+        self.encoder: Encoder
+        self.encoder, self.backend_reason = make_encoder(
+            self.spec,
+            self.device,
+            backend,
+            precision,
+            device_was_auto=Device(device) is Device.AUTO,
+        )
+        cuda = self.encoder.device is Device.CUDA
+        self.batch_tokens = batch_tokens or (65536 if cuda else CPU_BATCH_TOKENS)
+        self.max_batch_size = max_batch_size or (1024 if cuda else CPU_MAX_BATCH_SIZE)
         self.stats = EmbedStats()
         self.last_stats = EmbedStats()
 
@@ -89,10 +104,13 @@ class Engine:
             "dim": self.dim,
             "max_seq_length": self.spec.max_seq_length,
             "pooling": self.spec.pooling,
-            "device": self.device.value,
+            "device": self.encoder.device.value,
             "backend": self.encoder.name,
+            "backend_reason": self.backend_reason,
             "precision": self.encoder.precision,
             "batch_tokens": self.batch_tokens,
+            "max_batch_size": self.max_batch_size,
+            **self.encoder.details,
         }
 
     def embed(self, texts: Iterable[str], *, progress: bool = False) -> np.ndarray:
@@ -120,16 +138,20 @@ class Engine:
 
     def _encode(self, texts: list[str], stats: EmbedStats, progress: bool) -> np.ndarray:
         """Run the model on distinct texts: (n, dim) unit rows in their order; fills `stats`."""
-        tokenized = self.tokenizer(texts)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        batches = plan_batches(tokenized.lengths, self.batch_tokens, self.max_batch_size)
-        for indices in _progress(batches, progress, len(texts)):
-            input_ids, mask = pad(tokenized.ids, indices, self.tokenizer.pad_id)
-            out[indices] = self.encoder.encode(input_ids, mask)
-            stats.padded_tokens += input_ids.size
-        stats.tokens += int(tokenized.lengths.sum())
-        stats.truncated += tokenized.truncated
-        stats.batches += len(batches)
+        chunks = stream_batches(
+            texts,
+            self.tokenizer,
+            batch_tokens=self.batch_tokens,
+            max_batch_size=self.max_batch_size,
+        )
+        for chunk in _progress(chunks, progress, len(texts)):
+            for batch in chunk.batches:
+                out[batch.indices] = self.encoder.encode(batch.input_ids, batch.attention_mask)
+                stats.padded_tokens += batch.input_ids.size
+            stats.tokens += chunk.tokens
+            stats.truncated += chunk.truncated
+            stats.batches += len(chunk.batches)
         return out
 
     def dedup(self, records: Sequence, threshold: float = 0.9, **options: Any) -> Clusters:
@@ -164,21 +186,13 @@ def check_texts(texts: Iterable[str]) -> list[str]:
     return items
 
 
-def _make_encoder(spec: ModelSpec, device: Device, backend: str, precision: str) -> Encoder:
-    if backend in ("auto", "torch"):
-        from embengine.encoders.torch_backend import TorchEncoder
-
-        return TorchEncoder(spec, device, precision)
-    raise ValueError(f"backend must be 'auto' or 'torch', got {backend!r}")
-
-
-def _progress(batches: Sequence[np.ndarray], enabled: bool, total: int) -> Iterable[np.ndarray]:
+def _progress(chunks: Iterable[Chunk], enabled: bool, total: int) -> Iterable[Chunk]:
     if not enabled:
-        yield from batches
+        yield from chunks
         return
     from tqdm import tqdm
 
     with tqdm(total=total, unit="text", desc="embed") as bar:
-        for indices in batches:
-            yield indices
-            bar.update(len(indices))
+        for chunk in chunks:
+            yield chunk
+            bar.update(chunk.texts)

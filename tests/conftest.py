@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 
@@ -22,6 +24,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """ONNX exports go to a fresh directory: each session exports once, never reads ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EMBENGINE_CACHE_DIR", str(tmp_path_factory.mktemp("embengine-cache")))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ class Encoder(Protocol):
     name: str
     device: Device
     precision: str
+    details: dict[str, object]  # backend facts for Engine.describe() (providers, export file)
 
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
 

@@ -32,6 +32,7 @@ class TorchEncoder:
         self.device = device
         self.precision = precision
         self.spec = spec
+        self.details: dict[str, object] = {"torch": torch.__version__}
         self._torch = torch
         self._torch_device = torch.device("cuda" if device is Device.CUDA else "cpu")
         model = BertEncoder.from_dir(spec.path, spec.config, spec.weights_file)

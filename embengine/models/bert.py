@@ -6,6 +6,7 @@ safetensors, and so attention can use torch's fused scaled_dot_product_attention
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -27,11 +28,31 @@ class BertLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(hidden, eps=eps)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        """`attn_mask`: bool (batch, 1, 1, tokens), or an additive float mask for export."""
         b, t, h = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.heads, h // self.heads).permute(2, 0, 3, 1, 4)
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        if attn_mask.dtype == torch.bool:
+            q, k, v = self.qkv(x).view(b, t, 3, self.heads, h // self.heads).permute(2, 0, 3, 1, 4)
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        else:
+            ctx = self._explicit_attention(x, attn_mask)
         x = self.attn_norm(x + self.attn_out(ctx.transpose(1, 2).reshape(b, t, h)))
         return self.ffn_norm(x + self.ffn_out(F.gelu(self.ffn_in(x))))
+
+    def _explicit_attention(self, x: torch.Tensor, additive_mask: torch.Tensor) -> torch.Tensor:
+        """Attention spelled out (separate q/k/v, matmul, scale, mask, softmax) for ONNX export.
+
+        This is the shape ONNX Runtime's BERT optimizer recognises and fuses into one
+        Attention op; the SDPA form exports as a tangle it cannot fuse.
+        """
+        b, t, h = x.shape
+        d = h // self.heads
+        weights, biases = self.qkv.weight.chunk(3), self.qkv.bias.chunk(3)
+        q, k, v = (
+            F.linear(x, w, bias).view(b, t, self.heads, d).permute(0, 2, 1, 3)
+            for w, bias in zip(weights, biases, strict=True)
+        )
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(d) + additive_mask
+        return torch.matmul(scores.softmax(dim=-1), v)
 
 
 class BertEncoder(nn.Module):
@@ -48,6 +69,9 @@ class BertEncoder(nn.Module):
         if config.get("hidden_act", "gelu") != "gelu":
             raise ValueError(f"hidden_act {config['hidden_act']!r} is not supported (only 'gelu')")
         hidden, eps = config["hidden_size"], config.get("layer_norm_eps", 1e-12)
+        self.num_heads = int(config["num_attention_heads"])
+        self.hidden_size = int(hidden)
+        self.explicit_attention = False  # True while exporting to ONNX (see BertLayer)
         self.word = nn.Embedding(config["vocab_size"], hidden)
         self.position = nn.Embedding(config["max_position_embeddings"], hidden)
         self.token_type = nn.Embedding(config.get("type_vocab_size", 2), hidden)
@@ -62,8 +86,12 @@ class BertEncoder(nn.Module):
         positions = torch.arange(t, device=input_ids.device)
         x = self.word(input_ids) + self.position(positions)[None] + self.token_type.weight[0]
         x = self.embed_norm(x)
-        # Boolean mask (batch, 1, 1, tokens): True where a key may be attended to.
-        attn_mask = attention_mask.bool()[:, None, None, :]
+        if self.explicit_attention:
+            # Additive mask (batch, 1, 1, tokens): 0 where a key may be attended to, -1e4 not.
+            attn_mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * -10000.0
+        else:
+            # Boolean mask (batch, 1, 1, tokens): True where a key may be attended to.
+            attn_mask = attention_mask.bool()[:, None, None, :]
         for layer in self.layers:
             x = layer(x, attn_mask)
         return x

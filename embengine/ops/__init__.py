@@ -13,14 +13,22 @@ import numpy as np
 
 from embengine import _native
 from embengine.device import cuda_module
-from embengine.ops import reference
-from embengine.ops._arrays import cuda_array, is_cuda_array, like_input, to_numpy
+from embengine.ops import similarity
+from embengine.ops._arrays import (
+    CudaArray,
+    cuda_array,
+    is_cuda_array,
+    is_torch,
+    like_input,
+    to_numpy,
+)
 
 DEFAULT_EPS = 1e-12  # as torch.nn.functional.normalize and sentence-transformers
 
 __all__ = [
     "DEFAULT_EPS",
     "centroid_distance",
+    "centroid_distances",
     "mean_pool_normalize",
     "normalize_rows_",
     "pairs_above",
@@ -101,8 +109,14 @@ def normalize_rows_(x: Any, *, eps: float = DEFAULT_EPS) -> Any:
     return x
 
 
-def check_vectors(x: Any, name: str, dim: int | None = None) -> np.ndarray:
-    """A finite 2-D float array, or ValueError naming the array, its shape and the problem."""
+def check_vectors(
+    x: Any, name: str, dim: int | None = None, *, check_finite: bool = True
+) -> np.ndarray:
+    """A finite 2-D float array, or ValueError naming the array, its shape and the problem.
+
+    check_finite=False leaves the NaN / inf check to the kernel (it counts non-finite
+    scores, saving a pass over a large data side).
+    """
     a = to_numpy(x, name)
     if a.ndim != 2:
         raise ValueError(f"{name} must have shape (n, dim), got {a.shape}")
@@ -110,43 +124,124 @@ def check_vectors(x: Any, name: str, dim: int | None = None) -> np.ndarray:
         raise ValueError(f"{name} has dim {a.shape[1]}, expected {dim} (shape {a.shape})")
     if a.dtype not in (np.float32, np.float16):
         a = a.astype(np.float32)
-    if a.size and not np.isfinite(a).all():
+    if check_finite and a.size and not np.isfinite(a).all():
         bad = int(np.argwhere(~np.isfinite(a))[0][0])
         raise ValueError(f"{name} has NaN or inf values (first in row {bad}, shape {a.shape})")
     return a
 
 
-def topk_cosine(
-    queries: Any, base: Any, k: int, *, exclude_self: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
+def _cuda_pair(a: Any, b: Any, names: str) -> bool:
+    """True when both arrays are on the GPU, False when both are not; mixed raises."""
+    on_gpu = is_cuda_array(a), is_cuda_array(b)
+    if on_gpu[0] != on_gpu[1]:
+        raise ValueError(f"{names} must both be on the GPU or both on the CPU")
+    return on_gpu[0]
+
+
+def check_cuda_vectors(x: Any, name: str, dim: int | None = None) -> CudaArray:
+    """A finite 2-D float GPU array, or ValueError naming the array, its shape and the problem."""
+    a = cuda_array(x)
+    if len(a.shape) != 2:
+        raise ValueError(f"{name} must have shape (n, dim), got {a.shape}")
+    if dim is not None and a.shape[1] != dim:
+        raise ValueError(f"{name} has dim {a.shape[1]}, expected {dim} (shape {a.shape})")
+    if a.dtype not in ("float32", "float16", "bfloat16"):
+        a = a.astype("float32")
+    if a.shape[0] and a.shape[1] and not bool(_finite(a.original)):
+        raise ValueError(f"{name} has NaN or inf values (shape {a.shape})")
+    return a
+
+
+def _finite(x: Any) -> Any:
+    if is_torch(x):
+        import torch
+
+        return torch.isfinite(x).all()
+    import cupy
+
+    return cupy.isfinite(x).all()
+
+
+def _check_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    return int(k)
+
+
+def topk_cosine(queries: Any, base: Any, k: int, *, exclude_self: bool = False) -> tuple[Any, Any]:
     """Exact top-k by inner product (cosine for unit rows): (scores, ids), each (q, k).
 
-    Sorted by score descending, ties broken by the lower id; slots past n hold score
-    -inf and id -1. `exclude_self` drops base row i from query i's results (queries == base).
+    `queries` (q, dim) and `base` (n, dim) are float32 or float16 (a float16 base is read as
+    is: half the memory traffic; scores are float32 sums either way). Results are sorted by
+    score descending, ties broken by the lower id; any k >= 1 works, and slots past n hold
+    score -inf and id -1. `exclude_self` drops base row i from query i's results (for
+    queries that are the base itself). numpy / CPU torch in -> numpy / torch out (C++);
+    CuPy / CUDA torch in -> the same framework out (CUDA, no host copy).
     """
-    q = check_vectors(queries, "queries")
-    b = check_vectors(base, "base", q.shape[1])
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    return reference.topk_cosine(q, b, k, exclude_self=exclude_self)
+    k = _check_k(k)
+    if _cuda_pair(queries, base, "queries and base"):
+        q = check_cuda_vectors(queries, "queries")
+        b = check_cuda_vectors(base, "base", q.shape[1])
+        return similarity.topk_cuda(q, b, k, exclude_self)
+    q = np.ascontiguousarray(check_vectors(queries, "queries"), dtype=np.float32)
+    b = np.ascontiguousarray(check_vectors(base, "base", q.shape[1], check_finite=False))
+    scores, ids = similarity.topk_cpu(q, b, k, exclude_self)
+    return like_input(scores, queries), like_input(ids, queries)
 
 
-def centroid_distance(x: Any, centroids: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine distance (1 - dot) of each row to its nearest centroid, and that centroid's index."""
-    c = check_vectors(centroids, "centroids")
-    a = check_vectors(x, "x", c.shape[1])
+def centroid_distance(x: Any, centroids: Any) -> tuple[Any, Any]:
+    """Cosine distance (1 - dot) of each row of x to its nearest centroid, and its index.
+
+    `x` (n, dim) float32 or float16 (streamed in blocks, never copied whole), `centroids`
+    (c >= 1, dim). Returns distance (n,) float32 and nearest (n,) int64, lowest index on
+    ties. For the whole (n, c) matrix use `centroid_distances`.
+    """
+    if _cuda_pair(x, centroids, "x and centroids"):
+        c = check_cuda_vectors(centroids, "centroids")
+        a = check_cuda_vectors(x, "x", c.shape[1])
+        if c.shape[0] == 0:
+            raise ValueError("centroids is empty")
+        best, nearest = similarity.nearest_centroid_cuda(a, c)
+        return 1.0 - best, nearest
+    c = np.ascontiguousarray(check_vectors(centroids, "centroids"), dtype=np.float32)
+    a = np.ascontiguousarray(check_vectors(x, "x", c.shape[1], check_finite=False))
     if len(c) == 0:
         raise ValueError("centroids is empty")
-    return reference.centroid_distance(a, c)
+    best, nearest = similarity.nearest_centroid_cpu(a, c)
+    return like_input(1.0 - best, x), like_input(nearest, x)
 
 
-def pairs_above(
-    x: Any, threshold: float, *, y: Any = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def centroid_distances(x: Any, centroids: Any) -> Any:
+    """The full (n, c) float32 matrix of cosine distances 1 - x @ centroids.T."""
+    if _cuda_pair(x, centroids, "x and centroids"):
+        c = check_cuda_vectors(centroids, "centroids").astype("float32")
+        a = check_cuda_vectors(x, "x", c.shape[1]).astype("float32")
+        return 1.0 - a.original @ c.original.T
+    c = np.ascontiguousarray(check_vectors(centroids, "centroids"), dtype=np.float32)
+    a = np.ascontiguousarray(check_vectors(x, "x", c.shape[1], check_finite=False))
+    scores = similarity.centroid_scores_cpu(a, c)
+    return like_input(np.subtract(1.0, scores, out=scores), x)
+
+
+def pairs_above(x: Any, threshold: float, *, y: Any = None) -> tuple[Any, Any, Any]:
     """Every pair with cosine >= threshold as (i, j, score) arrays, sorted by (i, j).
 
-    One set: pairs i < j. Two sets (y given): every (i in x, j in y).
+    One set: pairs i < j. Two sets (y given): every (i in x, j in y). i and j are int64,
+    score float32; the output grows with the pairs found (no cap). Blocked: memory is the
+    output plus one score tile. On the CPU the sgemm tiles only nominate candidates (with a
+    proven rounding margin) and each kept score is re-computed by one native dot, so the
+    pairs and scores do not depend on how the rows are cut into blocks (Ray tasks included).
     """
-    a = check_vectors(x, "x")
-    b = None if y is None else check_vectors(y, "y", a.shape[1])
-    return reference.pairs_above(a, threshold, y=b)
+    threshold = float(threshold)
+    if not np.isfinite(threshold):
+        raise ValueError(f"threshold must be finite, got {threshold}")
+    other = x if y is None else y
+    if _cuda_pair(x, other, "x and y"):
+        a = check_cuda_vectors(x, "x")
+        b = None if y is None else check_cuda_vectors(y, "y", a.shape[1])
+        return similarity.pairs_cuda(a, threshold, b)
+    a = np.ascontiguousarray(check_vectors(x, "x", check_finite=False))
+    b = None if y is None else check_vectors(y, "y", a.shape[1], check_finite=False)
+    b = None if b is None else np.ascontiguousarray(b)
+    i, j, s = similarity.pairs_cpu(a, threshold, b)
+    return like_input(i, x), like_input(j, x), like_input(s, x)
