@@ -5,6 +5,8 @@ Each section is a few lines of the public API: that is the point of the library.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import time
 from importlib.resources import files
@@ -120,6 +122,51 @@ def demo_search(engine: Engine) -> None:
         engine.attach_store(None)
 
 
+def sample_records(name: str) -> list[dict[str, str]]:
+    """Rows of a CSV file bundled in embengine/data, as dicts."""
+    text = files("embengine.data").joinpath(name).read_text(encoding="utf-8")
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def demo_dedup(engine: Engine) -> None:
+    section("dedup: duplicate product listings, with the confirmation step")
+    records = sample_records("products.csv")
+    template = "{brand} {name}"
+    loose = engine.dedup(records, 0.8, template=template)
+    confirmed = engine.dedup(records, 0.8, template=template, confirm=True)
+    print(
+        f"{len(records)} listings; {len(loose.groups())} groups at cosine >= 0.8, then confirmed:"
+    )
+    for group in loose.groups():
+        for i in group:
+            label = confirmed.labels[i]
+            verdict = "keep" if label == i else f"duplicate of #{label}"
+            print(f"  #{i:<2} {verdict:<16} {records[i]['name']}")
+        if len({confirmed.labels[i] for i in group}) > 1:
+            print("      (split by the confirmation step: the model numbers differ)")
+    print(f"kept {len(confirmed.representatives)} of {len(records)} listings")
+
+
+def demo_recommend(engine: Engine) -> None:
+    section("recommend: next movies for a user, including one added a moment ago")
+    movies = {row["id"]: row for row in sample_records("movies.csv")}
+    rec = engine.recommender(movies, template="{title}: {description}")
+    title = {key: row["title"] for key, row in movies.items()}
+    history = ["m01", "m02", "m03"]
+    print("history: " + "; ".join(title[i] for i in history))
+    print("recommended: " + "; ".join(title[i] for i in rec.for_user(history, k=3)[1]))
+    new = {
+        "title": "The Martian (2015)",
+        "description": "Adventure, Drama, Sci-Fi; an astronaut stranded on Mars must survive",
+    }
+    rec.add_items({"new": new})
+    title["new"] = f"{new['title']} [just added]"
+    scores, after = rec.for_user(history, k=3)
+    ranked = "; ".join(f"{title[i]} {s:.2f}" for i, s in zip(after, scores, strict=True))
+    print(f"after add_items: {ranked}")
+    print(f"similar to {title['m11']}: " + "; ".join(title[i] for i in rec.similar("m11", k=2)[1]))
+
+
 def main() -> None:
     started = time.perf_counter()
     engine = Engine()
@@ -133,6 +180,8 @@ def main() -> None:
     demo_search(engine)
     demo_classify(engine)
     demo_anomaly(engine)
+    demo_dedup(engine)
+    demo_recommend(engine)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from embengine.store import EmbeddingStore
     from embengine.tasks.anomaly import AnomalyDetector
     from embengine.tasks.classify import Classifier
+    from embengine.tasks.dedup import Clusters, Pairs
+    from embengine.tasks.recommend import Recommender
 
 log = logging.getLogger("embengine")
 
@@ -254,6 +256,26 @@ class Engine:
             stats.truncated += chunk.truncated
             stats.batches += len(chunk.batches)
         return out
+
+    def dedup(self, records: Sequence, threshold: float = 0.9, **options: Any) -> Clusters:
+        """Near-duplicate clusters of str / dict records: see embengine.tasks.dedup.dedup."""
+        from embengine.tasks.dedup import dedup
+
+        return dedup(self, records, threshold, **options)
+
+    def match(
+        self, left: Sequence, right: Sequence, threshold: float = 0.5, **options: Any
+    ) -> Pairs:
+        """Entity matching across two tables: see embengine.tasks.dedup.match."""
+        from embengine.tasks.dedup import match
+
+        return match(self, left, right, threshold, **options)
+
+    def recommender(self, items: Mapping, **options: Any) -> Recommender:
+        """Content-based recommender over {id: text | dict}: see embengine.tasks.recommend."""
+        from embengine.tasks.recommend import Recommender
+
+        return Recommender(self, items, **options)
 
 
 def check_texts(texts: Iterable[str]) -> list[str]:

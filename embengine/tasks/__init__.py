@@ -1,1 +1,3 @@
-"""The jobs built on the shared embedding layer; each takes an Engine by injection."""
+"""The jobs built on Engine.embed and embengine.ops: thin modules, the engine injected."""
+
+from __future__ import annotations

@@ -1,0 +1,569 @@
+"""Deduplication and entity matching over embeddings, with an optional confirmation step.
+
+Candidates come from cosine similarity (embengine.ops); a cheap string check can confirm
+them (the "lightweight confirmation"); accepted pairs are joined into clusters by
+union-find. Past `exact_limit` records, candidates come from k-means partitions instead of
+all pairs, so memory and time stay bounded (as SemDeDup does): each record is compared
+with the records of its own partition and of its next-nearest one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple, Union
+
+import numpy as np
+
+from embengine import ops
+from embengine._optional import require
+
+if TYPE_CHECKING:
+    from embengine.engine import Engine
+
+Record = Union[str, Mapping[str, object]]  # noqa: UP007 (a runtime alias; py3.10 has no `type`)
+Confirm = Callable[[str, str], bool]
+
+EXACT_LIMIT = 50_000  # all-pairs up to here; k-means partitions beyond
+PARTITION_SIZE = 1_000  # target records per partition on the partitioned path
+_BLOCK = 4_096  # rows per pairs_above call on the exact path: memory ~ _BLOCK**2 scores
+
+
+class Pairs(NamedTuple):
+    """Index pairs with their scores: three 1-D arrays of equal length, unpacks as (i, j, s)."""
+
+    i: np.ndarray  # int64
+    j: np.ndarray  # int64
+    score: np.ndarray  # float32
+
+
+def _empty_pairs() -> Pairs:
+    return Pairs(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
+
+
+@dataclass
+class Clusters:
+    """The outcome of dedup.
+
+    `labels` (n,) gives each record's cluster as the index of its representative, which
+    is the cluster's earliest record (so keeping representatives keeps first occurrences).
+    `pairs` holds the accepted duplicate pairs (i < j) that formed the clusters.
+    """
+
+    labels: np.ndarray
+    pairs: Pairs
+
+    @property
+    def representatives(self) -> np.ndarray:
+        """Indices of the records to keep: one per cluster, singletons included."""
+        return np.flatnonzero(self.labels == np.arange(len(self.labels)))
+
+    def groups(self, min_size: int = 2) -> list[np.ndarray]:
+        """Clusters of at least `min_size` records, each an ascending index array."""
+        order = np.argsort(self.labels, kind="stable")
+        bounds = np.flatnonzero(np.diff(self.labels[order])) + 1
+        return [g for g in np.split(order, bounds) if len(g) >= min_size]
+
+
+# ---------------------------------------------------------------------------- records
+
+
+def record_texts(
+    records: Sequence[Record], *, fields: Sequence[str] | None = None, template: str | None = None
+) -> list[str]:
+    """One text per record: strings as they are; dicts by `template` or joined `fields`.
+
+    `template` is a str.format pattern over the dict's keys ("{name} {brand}"); without one,
+    the values of `fields` (default: all keys, in order) are joined by spaces. Missing keys
+    and None values count as empty strings.
+    """
+    if isinstance(records, (str, bytes, Mapping)):
+        raise TypeError("records must be a sequence of str or dict, not a single record")
+    texts = []
+    for position, record in enumerate(records):
+        if isinstance(record, str):
+            texts.append(record)
+        elif isinstance(record, Mapping):
+            values = {key: "" if value is None else value for key, value in record.items()}
+            if template is not None:
+                try:
+                    texts.append(template.format_map(_Blank(values)).strip())
+                except (ValueError, IndexError) as exc:
+                    raise ValueError(
+                        f"template {template!r} failed on records[{position}]"
+                    ) from exc
+            else:
+                keys = list(record) if fields is None else fields
+                texts.append(" ".join(str(values.get(key, "")) for key in keys).strip())
+        else:
+            raise TypeError(f"records[{position}] is {type(record).__name__}, expected str or dict")
+    return texts
+
+
+class _Blank(dict):
+    """A format_map mapping where a missing key reads as an empty string."""
+
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+# ---------------------------------------------------------------------- confirmation
+
+_SPLIT = re.compile(r"[\s,;()\[\]/]+")
+_NON_ALNUM = re.compile(r"[^0-9a-z]")
+
+
+def identifiers(text: str) -> set[str]:
+    """Model numbers and codes in a text: tokens mixing letters and digits, 4+ chars.
+
+    Case and inner punctuation are dropped ("PS-LX350H" -> "pslx350h"), and a letters-only
+    token followed by a code is also joined ("KX TSC14W" -> "kxtsc14w"), as catalogues
+    write codes both ways.
+    """
+    tokens = [_NON_ALNUM.sub("", t) for t in _SPLIT.split(text.lower())]
+    found = {t for t in tokens if _is_code(t)}
+    for prefix, code in itertools.pairwise(tokens):
+        if prefix.isalpha() and _is_code(code):
+            found.add(prefix + code)
+    return found
+
+
+def _is_code(token: str) -> bool:
+    return len(token) >= 4 and not token.isdigit() and not token.isalpha()
+
+
+def identifier_agreement(a: set[str], b: set[str]) -> float | None:
+    """1.0 when two code sets share a code, 0.9 when one 5+ char code contains another,
+    0.0 when both have codes and none agree, None when either has none (no evidence)."""
+    if not a or not b:
+        return None
+    if a & b:
+        return 1.0
+    for x in a:
+        for y in b:
+            if min(len(x), len(y)) >= 5 and (x in y or y in x):
+                return 0.9
+    return 0.0
+
+
+class StringConfirm:
+    """The default confirmation: a pair is a duplicate unless its strings disagree.
+
+    Rejects a pair whose texts both carry model numbers / codes (see `identifiers`) and
+    share none; otherwise accepts it when rapidfuzz's token_set_ratio reaches `min_ratio`
+    (0-100). Called as `confirm(text_a, text_b) -> bool`.
+    """
+
+    def __init__(self, min_ratio: float = 50.0, *, use_identifiers: bool = True) -> None:
+        if not 0.0 <= min_ratio <= 100.0:
+            raise ValueError(f"min_ratio must be in [0, 100], got {min_ratio}")
+        self.min_ratio = min_ratio
+        self.use_identifiers = use_identifiers
+        self._fuzz = require("rapidfuzz.fuzz", "the default dedup confirmation")
+
+    def __call__(self, a: str, b: str) -> bool:
+        if self.use_identifiers:
+            agreement = identifier_agreement(identifiers(a), identifiers(b))
+            if agreement is not None:
+                return agreement > 0.0
+        return self._fuzz.token_set_ratio(a, b) >= self.min_ratio
+
+
+def _resolve_confirm(confirm: Confirm | bool | None) -> Confirm | None:
+    if confirm is None or confirm is False:
+        return None
+    if confirm is True:
+        return StringConfirm()
+    if not callable(confirm):
+        raise TypeError(f"confirm must be a callable(a, b) -> bool, True or None, got {confirm!r}")
+    return confirm
+
+
+def _confirmed(pairs: Pairs, left: list[str], right: list[str], confirm: Confirm) -> Pairs:
+    keep = np.array(
+        [bool(confirm(left[a], right[b])) for a, b in zip(pairs.i, pairs.j, strict=True)],
+        dtype=bool,
+    )
+    return Pairs(pairs.i[keep], pairs.j[keep], pairs.score[keep])
+
+
+# ------------------------------------------------------------------------ candidates
+
+
+def exact_pairs(vectors: np.ndarray, threshold: float, *, block: int = _BLOCK) -> Pairs:
+    """Every pair i < j with cosine >= threshold, computed block by block.
+
+    Memory is bounded by one block x block score tile whatever n is; time is O(n^2 d).
+    """
+    n = len(vectors)
+    parts = []
+    for a in range(0, n, block):
+        xa = vectors[a : a + block]
+        i, j, s = ops.pairs_above(xa, threshold)
+        parts.append(Pairs(i + a, j + a, s))
+        for b in range(a + block, n, block):
+            i, j, s = ops.pairs_above(xa, threshold, y=vectors[b : b + block])
+            parts.append(Pairs(i + a, j + b, s))
+    return _concat(parts)
+
+
+def kmeans(
+    vectors: np.ndarray, k: int, *, iterations: int = 10, sample: int | None = None, seed: int = 0
+) -> np.ndarray:
+    """Spherical k-means: (k, d) unit centroids, trained on a seeded sample of the rows.
+
+    Assignment uses ops.centroid_distance; an emptied centroid is re-seeded with a random row.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(vectors)
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}] for {n} vectors, got {k}")
+    size = min(n, sample if sample is not None else 64 * k)
+    train = vectors[np.sort(rng.choice(n, size, replace=False))].astype(np.float32)
+    centroids = train[rng.choice(size, k, replace=False)].copy()
+    for _ in range(iterations):
+        _, nearest = _nearest_centroid(train, centroids)
+        sums = np.zeros_like(centroids)
+        np.add.at(sums, nearest, train)
+        empty = np.bincount(nearest, minlength=k) == 0
+        sums[empty] = train[rng.choice(size, int(empty.sum()))]
+        centroids = ops.normalize_rows_(np.ascontiguousarray(sums, dtype=np.float32))
+    return centroids
+
+
+def _nearest_centroid(
+    vectors: np.ndarray, centroids: np.ndarray, *, block: int = 16_384
+) -> tuple[np.ndarray, np.ndarray]:
+    """ops.centroid_distance over row blocks, so the distance tile stays small."""
+    dist = np.empty(len(vectors), dtype=np.float32)
+    nearest = np.empty(len(vectors), dtype=np.int64)
+    for a in range(0, len(vectors), block):
+        dist[a : a + block], nearest[a : a + block] = ops.centroid_distance(
+            vectors[a : a + block], centroids
+        )
+    return dist, nearest
+
+
+def partitioned_pairs(
+    vectors: np.ndarray,
+    threshold: float,
+    *,
+    partitions: int | None = None,
+    rounds: int = 2,
+    seed: int = 0,
+) -> Pairs:
+    """Pairs i < j with cosine >= threshold, searched within k-means partitions.
+
+    Each row joins two partitions, its nearest centroid's and the next nearest one's, and
+    all pairs within each partition are compared: a pair split by a boundary is still
+    found when its rows share either partition. `rounds` repeats this with differently
+    seeded k-means and joins the results, as the boundaries then fall elsewhere.
+    Approximate: recall is measured in benchmarks/bench_dedup_scale.py. Work ~ rounds *
+    2 n * (n / partitions) * d; memory ~ the largest partition squared.
+    """
+    n = len(vectors)
+    k = partitions if partitions is not None else max(1, round(n / PARTITION_SIZE))
+    if k <= 1:
+        return exact_pairs(vectors, threshold)
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    parts = []
+    for r in range(rounds):
+        centroids = kmeans(vectors, k, seed=seed + r)
+        for rows in _two_nearest_partitions(vectors, centroids):
+            if len(rows) > 1:
+                i, j, s = ops.pairs_above(vectors[rows], threshold)
+                a, b = rows[i], rows[j]
+                parts.append(Pairs(np.minimum(a, b), np.maximum(a, b), s))
+    return _unique(_concat(parts))
+
+
+def _two_nearest_partitions(vectors: np.ndarray, centroids: np.ndarray) -> list[np.ndarray]:
+    """For each centroid, the rows whose nearest or second-nearest centroid it is."""
+    k = len(centroids)
+    _, home = _nearest_centroid(vectors, centroids)
+    by_home = _group(home, k)
+    second = np.full(len(vectors), -1, dtype=np.int64)
+    others = np.arange(k)
+    for c, members in enumerate(by_home):
+        if len(members):
+            rest = np.delete(others, c)
+            _, nearest = _nearest_centroid(vectors[members], centroids[rest])
+            second[members] = rest[nearest]
+    by_second = _group(second, k)
+    return [np.concatenate([by_home[c], by_second[c]]) for c in range(k)]
+
+
+def _group(labels: np.ndarray, k: int) -> list[np.ndarray]:
+    """Row indices carrying each label 0..k-1, ascending (rows labelled -1 are left out)."""
+    order = np.argsort(labels, kind="stable")
+    order = order[labels[order] >= 0]
+    counts = np.bincount(labels[order], minlength=k)
+    return np.split(order, np.cumsum(counts)[:-1])
+
+
+def _concat(parts: list[Pairs]) -> Pairs:
+    if not parts:
+        return _empty_pairs()
+    return Pairs(*(np.concatenate(column) for column in zip(*parts, strict=True)))
+
+
+def _unique(pairs: Pairs) -> Pairs:
+    """Drop repeated (i, j), sort by (i, j)."""
+    if len(pairs.i) == 0:
+        return pairs
+    keys = pairs.i.astype(np.int64) * (int(pairs.j.max()) + 1) + pairs.j
+    _, first = np.unique(keys, return_index=True)
+    return Pairs(pairs.i[first], pairs.j[first], pairs.score[first])
+
+
+# ------------------------------------------------------------------------- clusters
+
+
+def connected_labels(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Union-find over edges (i, j): each node's label is the smallest index in its component.
+
+    Vectorised: min-label propagation along edges plus pointer jumping until stable.
+    """
+    labels = np.arange(n, dtype=np.int64)
+    if len(i) == 0:
+        return labels
+    while True:
+        low = np.minimum(labels[i], labels[j])
+        np.minimum.at(labels, i, low)
+        np.minimum.at(labels, j, low)
+        jumped = labels[labels]
+        while not np.array_equal(jumped, labels):
+            labels, jumped = jumped, jumped[jumped]
+        if np.array_equal(labels[i], labels[j]):
+            return labels
+
+
+def dedup_vectors(
+    vectors: np.ndarray,
+    threshold: float,
+    *,
+    texts: list[str] | None = None,
+    confirm: Confirm | bool | None = None,
+    method: str = "auto",
+    partitions: int | None = None,
+    seed: int = 0,
+) -> Clusters:
+    """Cluster unit rows whose cosine reaches `threshold`: the engine-free core of dedup.
+
+    `method` is "exact" (all pairs, blocked), "partitioned" (k-means partitions) or
+    "auto" (exact up to EXACT_LIMIT rows). `confirm(text_a, text_b)` filters candidate
+    pairs and needs `texts`.
+    """
+    x = ops.check_vectors(vectors, "vectors")
+    if not -1.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold is a cosine in [-1, 1], got {threshold}")
+    check = _resolve_confirm(confirm)
+    if check is not None and (texts is None or len(texts) != len(x)):
+        raise ValueError("confirm needs texts, one per vector")
+    if method == "auto":
+        method = "exact" if len(x) <= EXACT_LIMIT else "partitioned"
+    if method == "exact":
+        pairs = exact_pairs(x, threshold)
+    elif method == "partitioned":
+        pairs = partitioned_pairs(x, threshold, partitions=partitions, seed=seed)
+    else:
+        raise ValueError(f"method must be 'auto', 'exact' or 'partitioned', got {method!r}")
+    if check is not None and texts is not None:
+        pairs = _confirmed(pairs, texts, texts, check)
+    return Clusters(connected_labels(len(x), pairs.i, pairs.j), pairs)
+
+
+def dedup(
+    engine: Engine,
+    records: Sequence[Record],
+    threshold: float = 0.9,
+    *,
+    fields: Sequence[str] | None = None,
+    template: str | None = None,
+    confirm: Confirm | bool | None = None,
+    method: str = "auto",
+    partitions: int | None = None,
+    seed: int = 0,
+) -> Clusters:
+    """Group near-duplicate records: embed their texts, then dedup_vectors.
+
+    `confirm` is None (embedding similarity alone), True (StringConfirm, the default
+    check) or any callable(text_a, text_b) -> bool.
+    """
+    texts = record_texts(records, fields=fields, template=template)
+    vectors = engine.embed(texts)
+    return dedup_vectors(
+        vectors,
+        threshold,
+        texts=texts,
+        confirm=confirm,
+        method=method,
+        partitions=partitions,
+        seed=seed,
+    )
+
+
+# -------------------------------------------------------------------------- matching
+
+
+def hybrid_scores(
+    pairs: Pairs, left: list[str], right: list[str], identifier_weight: float
+) -> np.ndarray:
+    """Cosine plus `identifier_weight` * (identifier_agreement - 0.5) where both sides
+    carry codes: a shared model number lifts a pair, conflicting ones sink it."""
+    if identifier_weight == 0.0:
+        return pairs.score.astype(np.float32)
+    codes_left = {a: identifiers(left[a]) for a in np.unique(pairs.i)}
+    codes_right = {b: identifiers(right[b]) for b in np.unique(pairs.j)}
+    bonus = np.zeros(len(pairs.i), dtype=np.float32)
+    for n, (a, b) in enumerate(zip(pairs.i, pairs.j, strict=True)):
+        agreement = identifier_agreement(codes_left[a], codes_right[b])
+        if agreement is not None:
+            bonus[n] = identifier_weight * (agreement - 0.5)
+    return pairs.score.astype(np.float32) + bonus
+
+
+def match_vectors(
+    left: np.ndarray,
+    right: np.ndarray,
+    threshold: float,
+    *,
+    left_texts: list[str] | None = None,
+    right_texts: list[str] | None = None,
+    confirm: Confirm | bool | None = None,
+    mutual: bool = True,
+    candidates: int = 10,
+    identifier_weight: float = 0.3,
+) -> Pairs:
+    """Match rows of two tables: (i in left, j in right, score), sorted by (i, j).
+
+    match_candidates, then select_matches: see those for the knobs.
+    """
+    found = match_candidates(
+        left,
+        right,
+        left_texts=left_texts,
+        right_texts=right_texts,
+        confirm=confirm,
+        candidates=candidates,
+        identifier_weight=identifier_weight,
+    )
+    return select_matches(found, threshold, mutual=mutual)
+
+
+def match_candidates(
+    left: np.ndarray,
+    right: np.ndarray,
+    *,
+    left_texts: list[str] | None = None,
+    right_texts: list[str] | None = None,
+    confirm: Confirm | bool | None = None,
+    candidates: int = 10,
+    identifier_weight: float = 0.3,
+) -> Pairs:
+    """Scored candidate pairs across two tables, before any threshold.
+
+    Candidates are each row's `candidates` nearest rows of the other table (ops.topk_cosine
+    both ways). Their score is the cosine, plus the identifier term of `hybrid_scores`
+    when texts are given; pairs failing `confirm(left_text, right_text)` are dropped.
+    """
+    a = ops.check_vectors(left, "left")
+    b = ops.check_vectors(right, "right", a.shape[1])
+    check = _resolve_confirm(confirm)
+    has_texts = left_texts is not None and right_texts is not None
+    if has_texts and (len(left_texts) != len(a) or len(right_texts) != len(b)):
+        raise ValueError(
+            f"texts must match the vectors: {len(left_texts)} / {len(right_texts)} texts "
+            f"for {len(a)} / {len(b)} rows"
+        )
+    if check is not None and not has_texts:
+        raise ValueError("confirm needs left_texts and right_texts")
+    if candidates < 1:
+        raise ValueError(f"candidates must be >= 1, got {candidates}")
+    if len(a) == 0 or len(b) == 0:
+        return _empty_pairs()
+    pairs = _candidate_pairs(a, b, min(candidates, len(b)), min(candidates, len(a)))
+    if has_texts:
+        scores = hybrid_scores(pairs, left_texts, right_texts, identifier_weight)
+        pairs = Pairs(pairs.i, pairs.j, scores)
+        if check is not None:
+            pairs = _confirmed(pairs, left_texts, right_texts, check)
+    return pairs
+
+
+def select_matches(pairs: Pairs, threshold: float, *, mutual: bool = True) -> Pairs:
+    """Scored pairs at or above `threshold`; with `mutual`, only those where each side is
+    the other's best remaining pair (ties: the lower index). Sorted by (i, j)."""
+    keep = pairs.score >= threshold
+    pairs = Pairs(pairs.i[keep], pairs.j[keep], pairs.score[keep])
+    if mutual:
+        pairs = _mutual_best(pairs)
+    order = np.lexsort((pairs.j, pairs.i))
+    return Pairs(pairs.i[order], pairs.j[order], pairs.score[order])
+
+
+def _candidate_pairs(a: np.ndarray, b: np.ndarray, k_right: int, k_left: int) -> Pairs:
+    """Each left row's k nearest right rows and each right row's k nearest left rows."""
+    s_ab, ids_ab = ops.topk_cosine(a, b, k_right)
+    s_ba, ids_ba = ops.topk_cosine(b, a, k_left)
+    i = np.concatenate([np.repeat(np.arange(len(a)), k_right), ids_ba.ravel()])
+    j = np.concatenate([ids_ab.ravel(), np.repeat(np.arange(len(b)), k_left)])
+    s = np.concatenate([s_ab.ravel(), s_ba.ravel()]).astype(np.float32)
+    valid = (i >= 0) & (j >= 0)
+    return _unique(Pairs(i[valid], j[valid], s[valid]))
+
+
+def _mutual_best(pairs: Pairs) -> Pairs:
+    """Pairs that are the best of both their rows (ties: the lower other index)."""
+    if len(pairs.i) == 0:
+        return pairs
+    best_left = _best_per_row(pairs.i, pairs.j, pairs.score, int(pairs.i.max()) + 1)
+    best_right = _best_per_row(pairs.j, pairs.i, pairs.score, int(pairs.j.max()) + 1)
+    keep = (best_left[pairs.i] == pairs.j) & (best_right[pairs.j] == pairs.i)
+    return Pairs(pairs.i[keep], pairs.j[keep], pairs.score[keep])
+
+
+def _best_per_row(rows: np.ndarray, others: np.ndarray, scores: np.ndarray, n: int) -> np.ndarray:
+    """For each row id, the `other` of its highest-scoring pair (-1 when it has none)."""
+    order = np.lexsort((others, -scores, rows))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = rows[order][1:] != rows[order][:-1]
+    best = np.full(n, -1, dtype=np.int64)
+    best[rows[order][first]] = others[order][first]
+    return best
+
+
+def match(
+    engine: Engine,
+    left: Sequence[Record],
+    right: Sequence[Record],
+    threshold: float = 0.5,
+    *,
+    fields: Sequence[str] | None = None,
+    template: str | None = None,
+    confirm: Confirm | bool | None = None,
+    mutual: bool = True,
+    candidates: int = 10,
+    identifier_weight: float = 0.3,
+) -> Pairs:
+    """Entity matching across two tables: embed both, then match_vectors.
+
+    Records are str or dict (`fields` / `template` as in record_texts, the same for both
+    tables). Returns Pairs(i, j, score) with i indexing `left` and j indexing `right`.
+    """
+    left_texts = record_texts(left, fields=fields, template=template)
+    right_texts = record_texts(right, fields=fields, template=template)
+    return match_vectors(
+        engine.embed(left_texts),
+        engine.embed(right_texts),
+        threshold,
+        left_texts=left_texts,
+        right_texts=right_texts,
+        confirm=confirm,
+        mutual=mutual,
+        candidates=candidates,
+        identifier_weight=identifier_weight,
+    )
