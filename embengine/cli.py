@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search(commands)
     _add_classify(commands)
     _add_anomaly(commands)
+    _add_dedup(commands)
+    _add_recommend(commands)
     return parser
 
 
@@ -208,6 +210,54 @@ def _add_anomaly(commands: argparse._SubParsersAction) -> None:
     anomaly.add_argument("--all", action="store_true", help="output every line, not just flagged")
     _add_output_options(anomaly, "detections")
     _add_engine_options(anomaly)
+
+
+def _add_dedup(commands: argparse._SubParsersAction) -> None:
+    dedup = commands.add_parser(
+        "dedup",
+        help="group near-duplicate records",
+        description="Output rows, one per record: id, cluster (the id of the cluster's "
+        "representative, its earliest record), is_representative (keep these to deduplicate). "
+        "All records are held in memory.",
+    )
+    dedup.set_defaults(run=_run_dedup)
+    dedup.add_argument("inputs", nargs="+", help="records to deduplicate")
+    _add_input_options(dedup)
+    dedup.add_argument(
+        "--threshold", type=float, default=0.9, help="cosine at which two records are duplicates"
+    )
+    dedup.add_argument(
+        "--confirm",
+        action="store_true",
+        help="also require the strings to agree (codes, fuzzy ratio; needs rapidfuzz)",
+    )
+    dedup.add_argument("--method", choices=["auto", "exact", "partitioned"], default="auto")
+    dedup.add_argument(
+        "--pairs", help="also write the accepted duplicate pairs (id_a, id_b, score) to this file"
+    )
+    _add_output_options(dedup, "clusters")
+    _add_engine_options(dedup)
+
+
+def _add_recommend(commands: argparse._SubParsersAction) -> None:
+    recommend = commands.add_parser(
+        "recommend",
+        help="recommend items by content: like one item, or for a history of items",
+        description="Output rows: rank, id, score (cosine to the item or the history's "
+        "centroid, on embeddings centred on the catalogue). Items are named by their "
+        "--id-field values, else by their 0-based positions.",
+    )
+    recommend.set_defaults(run=_run_recommend)
+    recommend.add_argument("inputs", nargs="+", help="the item records (the catalogue)")
+    _add_input_options(recommend)
+    wanted = recommend.add_mutually_exclusive_group(required=True)
+    wanted.add_argument("--similar", metavar="ID", help="items most like this one")
+    wanted.add_argument(
+        "--history", metavar="ID[,ID...]", help="items for a user who liked these (not repeated)"
+    )
+    recommend.add_argument("-k", "--k", type=int, default=10, help="items to recommend")
+    _add_output_options(recommend, "recommendations")
+    _add_engine_options(recommend)
 
 
 def _engine(args: argparse.Namespace) -> Engine:
@@ -506,6 +556,76 @@ def _run_anomaly(args: argparse.Namespace) -> int:
     count = _write_rows(args, columns, rows())
     _say(args, f"flagged {flagged} lines" + (f" of {count}" if args.all else ""))
     return max(normal_reader.finish(), reader.finish())
+
+
+def _run_dedup(args: argparse.Namespace) -> int:
+    reader = _Reader(args, text=args.text_field, id=args.id_field)
+    ids, texts = [], []
+    for position, record in reader.records(args.inputs):
+        ids.append(_record_id(position, record, reader.fields))
+        texts.append(record.text)
+    if not texts:
+        raise ValueError(f"no records to deduplicate in {', '.join(args.inputs)}")
+    clusters = _engine(args).dedup(
+        texts, args.threshold, confirm=args.confirm or None, method=args.method
+    )
+    labels = clusters.labels.tolist()
+    rows = (
+        {"id": ids[n], "cluster": ids[label], "is_representative": n == label}
+        for n, label in enumerate(labels)
+    )
+    _write_rows(args, ["id", "cluster", "is_representative"], rows)
+    if args.pairs:
+        i, j, score = clusters.pairs
+        pairs = (
+            {"id_a": ids[a], "id_b": ids[b], "score": round(s, 6)}
+            for a, b, s in zip(i.tolist(), j.tolist(), score.tolist(), strict=True)
+        )
+        pairs_args = argparse.Namespace(**{**vars(args), "out": args.pairs})
+        _write_rows(pairs_args, ["id_a", "id_b", "score"], pairs)
+    kept = len(clusters.representatives)
+    _say(args, f"{len(texts)} records: {kept} kept, {len(texts) - kept} duplicates")
+    return reader.finish()
+
+
+def _run_recommend(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    reader = _Reader(args, text=args.text_field, id=args.id_field)
+    items: dict[Any, str] = {}
+    for position, record in reader.records(args.inputs):
+        item_id = position if args.id_field is None else str(record.id)
+        if item_id in items:
+            reader.reject(record, f"item id {item_id!r} repeats an earlier record's")
+        else:
+            items[item_id] = record.text
+    if not items:
+        raise ValueError(f"no items in {', '.join(args.inputs)}")
+    given = [args.similar] if args.similar is not None else args.history.split(",")
+    wanted: list[Any] = [w.strip() for w in given]
+    if args.id_field is None:
+        if not all(w.isdigit() for w in wanted):
+            raise ValueError(f"items are named by position (no --id-field): got {wanted}")
+        wanted = [int(w) for w in wanted]
+    unknown = [w for w in wanted if w not in items]
+    if unknown:
+        raise ValueError(f"unknown item ids {unknown[:5]} (not in {', '.join(args.inputs)})")
+    recommender = _engine(args).recommender(items)
+    if args.similar is not None:
+        scores, ids = recommender.similar(wanted[0], args.k)
+    else:
+        scores, ids = recommender.for_user(wanted, args.k)
+    rows = (
+        {
+            "rank": rank,
+            "id": item.item() if isinstance(item, np.generic) else item,
+            "score": round(float(score), 6),
+        }
+        for rank, (score, item) in enumerate(zip(scores, ids, strict=True), start=1)
+    )
+    count = _write_rows(args, ["rank", "id", "score"], rows)
+    _say(args, f"recommended {count} of {len(items)} items")
+    return reader.finish()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -153,3 +153,53 @@ def test_anomaly_flags_the_odd_line_with_its_place(
     rows = jsonl(out)
     assert [r["text"] for r in rows] == lines
     assert [r["anomalous"] for r in rows] == [i == 6 for i in range(len(lines))]
+
+
+def test_dedup_clusters_a_planted_duplicate(
+    tmp_path: Path, cli_engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = [{"id": k, "text": t} for k, t in DOCS.items()]
+    records.insert(3, {"id": "cat2", "text": "The cat sat on the mat, and it purred."})
+    inputs = write_jsonl(tmp_path / "records.jsonl", records)
+    out, pairs = tmp_path / "clusters.csv", tmp_path / "pairs.jsonl"
+    argv = ["dedup", str(inputs), "--id-field", "id", "--threshold", "0.85", "--confirm"]
+    assert cli.main([*argv, "-o", str(out), "--pairs", str(pairs)]) == cli.EXIT_OK
+    assert "6 records: 5 kept, 1 duplicates" in capsys.readouterr().err
+    with out.open(encoding="utf-8", newline="") as f:
+        rows = {r["id"]: r for r in csv.DictReader(f)}
+    assert list(rows) == [r["id"] for r in records]
+    assert rows["cat2"]["cluster"] == "cat"
+    assert rows["cat2"]["is_representative"] == "False"
+    for other in DOCS:  # the unrelated records each stay alone, as their own representative
+        assert rows[other]["cluster"] == other
+        assert rows[other]["is_representative"] == "True"
+    (pair,) = jsonl(pairs)
+    assert (pair["id_a"], pair["id_b"]) == ("cat", "cat2")
+    assert pair["score"] >= 0.85
+
+
+def test_recommend_similar_and_for_a_history(
+    tmp_path: Path, cli_engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    items = {
+        **DOCS,
+        "kitten": "A kitten curled up asleep on the rug, purring.",
+        "goal": "A late goal won the football match for the home side.",
+    }
+    inputs = write_jsonl(tmp_path / "items.jsonl", [{"id": k, "text": t} for k, t in items.items()])
+    argv = ["recommend", str(inputs), "--id-field", "id", "-q"]
+    assert cli.main([*argv, "--similar", "cat", "-k", "3"]) == cli.EXIT_OK
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["rank"] for r in rows] == [1, 2, 3]
+    assert rows[0]["id"] == "kitten"
+    assert "cat" not in [r["id"] for r in rows]
+    assert rows[0]["score"] > rows[1]["score"] >= rows[2]["score"]
+
+    assert cli.main([*argv, "--history", "cat,football", "-k", "7"]) == cli.EXIT_OK
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    ranked = [r["id"] for r in rows]
+    assert sorted(ranked) == sorted(set(items) - {"cat", "football"})  # seen items left out
+    assert set(ranked[:2]) == {"kitten", "goal"}
+
+    assert cli.main([*argv, "--similar", "nope"]) == cli.EXIT_FAILED
+    assert "unknown item ids ['nope']" in capsys.readouterr().err
