@@ -20,10 +20,15 @@ from embengine.distributed.ray import dedup_pairs, embed_files_ray, init_ray  # 
 
 
 @pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    init_ray("local", num_cpus=2)
-    yield
-    ray.shutdown()
+def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A private 2-CPU Ray instance. Ray workers put the driver's working directory first
+    on sys.path, so start them outside the source tree: they must import the installed
+    package (with its native modules), as a user's workers would."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path_factory.mktemp("ray-cwd"))
+        init_ray("local", num_cpus=2)
+        yield
+        ray.shutdown()
 
 
 def test_distributed_dedup_pairs_equal_the_single_process_pairs(
