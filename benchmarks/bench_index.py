@@ -11,22 +11,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 
 import numpy as np
+from timing import median_seconds
 
 from embengine import ops
 from embengine.index import _faiss as faiss_side
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return float(np.median(times))
 
 
 def main() -> None:
@@ -49,8 +39,10 @@ def main() -> None:
     for nq in args.queries:
         q = base[rng.integers(0, args.n, nq)] + 0.01
         ops.normalize_rows_(q)
-        t_faiss = median_seconds(lambda q=q: flat.search(q, args.k), args.repeats)
-        t_kernel = median_seconds(lambda q=q: ops.topk_cosine(q, base, args.k), args.repeats)
+        t_faiss = median_seconds(lambda q=q: flat.search(q, args.k), args.repeats, warmup=True)
+        t_kernel = median_seconds(
+            lambda q=q: ops.topk_cosine(q, base, args.k), args.repeats, warmup=True
+        )
         _, want = flat.search(q, args.k)
         _, got = ops.topk_cosine(q, base, args.k)
         agree = float(np.mean(want == got))

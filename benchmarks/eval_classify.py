@@ -16,7 +16,6 @@ import argparse
 import csv
 import json
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from sklearn.linear_model import LogisticRegression
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from embed_cache import cached_embed
+from timing import median_seconds
 
 from embengine import Engine
 from embengine.tasks.classify import MODES, Classifier
@@ -61,15 +61,6 @@ def logistic(x: np.ndarray, y: np.ndarray) -> LogisticRegression:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "classes > 50% of samples" at 1 per class
         return LogisticRegression(max_iter=1000).fit(x, y)
-
-
-def median_seconds(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return float(np.median(times))
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from timing import median_seconds
 
 from embengine import Engine
 from embengine.index import VectorIndex
@@ -81,15 +82,6 @@ def recall_at(
         relevant = {d for d, g in qrels[qid].items() if g > 0}
         total += len(relevant & set(ranked[row, :k].tolist())) / len(relevant)
     return 100 * total / len(qids)
-
-
-def median_seconds(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return float(np.median(times))
 
 
 def main() -> None:

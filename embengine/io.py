@@ -120,3 +120,19 @@ def load_arrays(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]
     with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
         arrays = {name: npz[name] for name in npz.files}
     return arrays, header["meta"]
+
+
+def load_state(
+    path: str | Path, kind: str, fingerprint: str
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Load a task's saved state: verified, of the expected `kind`, made by the same model.
+
+    CorruptFileError for damage or another kind of file; ModelMismatchError for a state
+    made by another model (its vectors would not be comparable).
+    """
+    arrays, meta = load_arrays(path)
+    if meta.get("kind") != kind:
+        raise CorruptFileError(f"{path} holds a {meta.get('kind')!r}, not a {kind!r}")
+    if meta.get("model") != fingerprint:
+        raise ModelMismatchError(f"{path} was made with another model ({meta.get('model')})")
+    return arrays, meta

@@ -30,7 +30,7 @@ import numpy as np
 
 from embengine import ops
 from embengine.engine import check_texts
-from embengine.io import load_arrays, save_arrays
+from embengine.io import load_state, save_arrays
 from embengine.tasks.logmask import LogMask
 
 if TYPE_CHECKING:
@@ -246,12 +246,8 @@ class AnomalyDetector:
 
     @classmethod
     def load(cls, engine: Engine, path: str | Path) -> AnomalyDetector:
-        """A detector saved by `save`, for the same model (raises ValueError otherwise)."""
-        arrays, meta = load_arrays(path)
-        if meta.get("kind") != _KIND:
-            raise ValueError(f"{path} holds a {meta.get('kind')!r}, not an anomaly detector")
-        if meta["model"] != engine.spec.fingerprint:
-            raise ValueError(f"{path} was made with another model ({meta['model']})")
+        """A detector saved by `save`, for the same model (ModelMismatchError otherwise)."""
+        arrays, meta = load_state(path, _KIND, engine.spec.fingerprint)
         mask = None if meta["mask"] is None else LogMask(**meta["mask"])
         detector = cls(
             engine,

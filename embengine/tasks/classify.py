@@ -31,7 +31,7 @@ import numpy as np
 
 from embengine import ops
 from embengine.engine import check_texts
-from embengine.io import load_arrays, save_arrays
+from embengine.io import load_state, save_arrays
 
 if TYPE_CHECKING:
     from embengine.engine import Engine
@@ -260,12 +260,8 @@ class Classifier:
 
     @classmethod
     def load(cls, engine: Engine, path: str | Path) -> Classifier:
-        """A classifier saved by `save`, for the same model (ValueError otherwise)."""
-        arrays, meta = load_arrays(path)
-        if meta.get("kind") != _KIND:
-            raise ValueError(f"{path} holds a {meta.get('kind')!r}, not a classifier")
-        if meta["model"] != engine.spec.fingerprint:
-            raise ValueError(f"{path} was made with another model ({meta['model']})")
+        """A classifier saved by `save`, for the same model (ModelMismatchError otherwise)."""
+        arrays, meta = load_state(path, _KIND, engine.spec.fingerprint)
         clf = cls(
             engine,
             mode=meta["mode"],
