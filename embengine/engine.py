@@ -26,9 +26,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("embengine")
 
-# CPU batch budget, tuned with benchmarks/bench_encode.py --tune on the 2-core CPU.
-CPU_BATCH_TOKENS = 4096
-CPU_MAX_BATCH_SIZE = 64
+# CPU batch budget, tuned with benchmarks/bench_encode.py --tune on the 2-core CPU (quiet
+# machine, ONNX fp32, texts/s: 1024/16 182, 2048/32 177, 4096/64 164, 16384/256 116). Small
+# batches stay in the caches; 2048/32 rather than the best 1024/16 because the torch
+# backend pays more per call.
+CPU_BATCH_TOKENS = 2048
+CPU_MAX_BATCH_SIZE = 32
 
 
 @dataclass

@@ -26,10 +26,16 @@ EMB_SIMD_CLONES void pool_row(const T* states, const int32_t* mask, float* out, 
   for (int64_t j = 0; j < d; ++j) out[j] *= scale;
 }
 
+// Pooling runs between encoder batches, where ONNX Runtime or torch owns the cores with its
+// own thread pool. Waking OpenMP threads here leaves them spinning against that pool after
+// each call, for a kernel that takes well under a millisecond at encoder batch sizes; so it
+// only goes parallel for batches far larger than any CPU encoder batch.
+constexpr int64_t kParallelPoolElements = int64_t{1} << 24;
+
 template <typename T>
 void pool_rows(const T* states, const int32_t* mask, float* out, int64_t b, int64_t t, int64_t d,
                float eps) {
-#pragma omp parallel for schedule(static) if (b * t * d > (1 << 16))
+#pragma omp parallel for schedule(static) if (b * t * d > kParallelPoolElements)
   for (int64_t i = 0; i < b; ++i) {
     pool_row(states + i * t * d, mask + i * t, out + i * d, t, d, eps);
   }

@@ -28,16 +28,23 @@ class Encoder(Protocol):
 def pool(states: Any, mask: Any, mode: str) -> Any:
     """Token states (batch, tokens, dim) -> unit rows, in the states' framework and device.
 
-    Mean pooling is the fused kernel; cls and max use plain tensor ops, then the
-    normalisation kernel.
+    Mean pooling is the fused kernel; cls and max use plain array ops (numpy or torch),
+    then the normalisation kernel.
     """
     if mode == "mean":
         return ops.mean_pool_normalize(states, mask)
+    if mode not in ("cls", "max"):
+        raise ValueError(f"unknown pooling mode {mode!r}")
+    if isinstance(states, np.ndarray):
+        if mode == "cls":
+            pooled = states[:, 0].astype(np.float32)
+        else:
+            masked = np.where(mask[:, :, None] != 0, states.astype(np.float32), -np.inf)
+            pooled = np.nan_to_num(masked.max(axis=1), neginf=0.0)
+        return ops.normalize_rows_(np.ascontiguousarray(pooled, dtype=np.float32))
     if mode == "cls":
         pooled = states[:, 0].float()
-    elif mode == "max":
+    else:
         masked = states.float().masked_fill(mask[:, :, None] == 0, float("-inf"))
         pooled = masked.amax(dim=1).nan_to_num(neginf=0.0)
-    else:
-        raise ValueError(f"unknown pooling mode {mode!r}")
     return ops.normalize_rows_(pooled.contiguous())

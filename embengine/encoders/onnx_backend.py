@@ -142,9 +142,7 @@ class OnnxEncoder:
         (states,) = self.session.run(
             None, {"input_ids": input_ids, "attention_mask": attention_mask}
         )
-        torch = require("torch", "pooling")
-        pooled = pool(torch.from_numpy(states), torch.from_numpy(attention_mask), self.spec.pooling)
-        return pooled.numpy()
+        return pool(states, attention_mask, self.spec.pooling)
 
     def _encode_cuda(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """IO binding: inputs copied once to the GPU, states stay there for the pooling kernel."""
