@@ -9,6 +9,7 @@ verified with embengine.io.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,7 +18,10 @@ import numpy as np
 from embengine import Engine
 from embengine.io import CorruptFileError, load_arrays, save_arrays
 
-CACHE_DIR = Path(__file__).resolve().parent / ".cache"
+# EMBENGINE_BENCH_CACHE lets several checkouts share one cache (keys are content hashes).
+CACHE_DIR = Path(
+    os.environ.get("EMBENGINE_BENCH_CACHE") or Path(__file__).resolve().parent / ".cache"
+)
 
 
 def texts_digest(texts: Sequence[str]) -> str:

@@ -29,11 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from embed_cache import cached_embeddings
 
 from embengine import Engine
+from embengine.records import record_texts
 from embengine.tasks.dedup import (
     Pairs,
     StringConfirm,
     match_candidates,
-    record_texts,
     select_matches,
 )
 

@@ -15,6 +15,7 @@ from embengine.batching import Chunk, TextTokenizer, stream_batches
 from embengine.device import Device, cuda_unavailable_reason, resolve_device
 from embengine.encoders import Encoder, make_encoder
 from embengine.models import ModelSpec, load_model_spec
+from embengine.validation import check_texts
 
 if TYPE_CHECKING:
     from embengine.index import VectorIndex
@@ -279,17 +280,6 @@ class Engine:
         from embengine.tasks.recommend import Recommender
 
         return Recommender(self, items, **options)
-
-
-def check_texts(texts: Iterable[str]) -> list[str]:
-    """A list of str, or TypeError naming the first bad position."""
-    if isinstance(texts, (str, bytes)):
-        raise TypeError("texts must be a sequence of str, not a single string; wrap it in a list")
-    items = list(texts) if not isinstance(texts, list) else texts
-    for position, text in enumerate(items):
-        if not isinstance(text, str):
-            raise TypeError(f"texts[{position}] is {type(text).__name__}, expected str")
-    return items
 
 
 def _progress(chunks: Iterable[Chunk], enabled: bool, total: int) -> Iterable[Chunk]:

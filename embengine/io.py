@@ -23,12 +23,7 @@ FORMAT_VERSION = 1
 _MAGIC = b"EMBENGINE\x00"
 
 
-class CorruptFileError(ValueError):
-    """A file is truncated, corrupt, of another format version, or not embengine's."""
-
-
-class ModelMismatchError(ValueError):
-    """Saved vectors were made by another model than the one asked to use them."""
+from embengine.errors import CorruptFileError, ModelMismatchError  # noqa: E402 (re-exported)
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:

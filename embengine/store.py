@@ -88,7 +88,7 @@ class EmbeddingStore:
 
         ids / metadata: one per text (str ids; JSON-serialisable dicts), kept with the row.
         """
-        from embengine.engine import check_texts
+        from embengine.validation import check_texts
 
         texts = check_texts(texts)
         v = ops.check_vectors(vectors, "vectors", self.dim).astype(np.float32)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from embengine.clustering import spherical_kmeans
 from embengine.demo import bundled_events
 from embengine.io import CorruptFileError
-from embengine.tasks.anomaly import AnomalyDetector, spherical_kmeans
+from embengine.tasks.anomaly import AnomalyDetector
 from embengine.tasks.logmask import LogMask
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from embengine import Engine, ops
+from embengine.records import record_texts
 from embengine.tasks.dedup import (
     Clusters,
     StringConfirm,
@@ -16,7 +17,6 @@ from embengine.tasks.dedup import (
     identifiers,
     match_vectors,
     partitioned_pairs,
-    record_texts,
 )
 
 

@@ -451,7 +451,7 @@ class VectorIndex:
         vectors = ops.check_vectors(items, "vectors", self.dim).astype(np.float32, copy=True)
         ops.normalize_rows_(vectors)
         if texts is not None:
-            from embengine.engine import check_texts
+            from embengine.validation import check_texts
 
             texts = check_texts(texts)
             if len(texts) != len(vectors):
@@ -571,7 +571,7 @@ def _as_texts(items: Any) -> list[str] | None:
     if isinstance(items, (list, tuple)) and items and all(isinstance(t, str) for t in items):
         return list(items)
     if isinstance(items, (list, tuple)) and any(isinstance(t, str) for t in items):
-        from embengine.engine import check_texts
+        from embengine.validation import check_texts
 
         check_texts(items)  # names the first non-str position
     return None

@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from embengine import ops
-from embengine.engine import check_texts
+from embengine.clustering import spherical_kmeans
 from embengine.io import load_state, save_arrays
 from embengine.tasks.logmask import LogMask
+from embengine.validation import check_texts
 
 if TYPE_CHECKING:
     from embengine.engine import Engine
@@ -262,44 +263,3 @@ class AnomalyDetector:
         detector._scores = arrays["scores"]
         detector._centroids = arrays["centroids"]
         return detector
-
-
-def spherical_kmeans(x: np.ndarray, k: int, *, seed: int = 0, iterations: int = 20) -> np.ndarray:
-    """(k', dim) unit centroids of unit rows x by seeded spherical k-means (k' = min(k, n)).
-
-    k-means++ seeding, then Lloyd steps assigning with ops.centroid_distance until the
-    assignment stops changing. k=1 is the normalised mean, computed directly.
-    """
-    if k == 1 or len(x) == 1:
-        return _unit_mean(x)[None, :]
-    k = min(k, len(x))
-    rng = np.random.default_rng(seed)
-    chosen = [int(rng.integers(len(x)))]
-    distance, _ = ops.centroid_distance(x, x[chosen])
-    for _ in range(1, k):
-        weights = np.maximum(distance.astype(np.float64), 0.0)
-        if weights.sum() <= 0:  # fewer distinct points than k
-            break
-        chosen.append(int(rng.choice(len(x), p=weights / weights.sum())))
-        new_distance, _ = ops.centroid_distance(x, x[chosen[-1:]])
-        distance = np.minimum(distance, new_distance)
-    centroids = x[chosen].copy()
-    assignment = np.full(len(x), -1)
-    for _ in range(iterations):
-        _, nearest = ops.centroid_distance(x, centroids)
-        if np.array_equal(nearest, assignment):
-            break
-        assignment = nearest
-        centroids = np.stack(
-            [
-                _unit_mean(x[assignment == c]) if (assignment == c).any() else centroids[c]
-                for c in range(len(centroids))
-            ]
-        )
-    return centroids.astype(np.float32)
-
-
-def _unit_mean(x: np.ndarray) -> np.ndarray:
-    mean = x.astype(np.float64).mean(axis=0)
-    norm = np.linalg.norm(mean)
-    return (mean / norm if norm > 0 else mean).astype(np.float32)

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from embengine import ops
-from embengine.engine import check_texts
 from embengine.io import load_state, save_arrays
+from embengine.validation import check_texts
 
 if TYPE_CHECKING:
     from embengine.engine import Engine

@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple, Union
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from embengine import ops
 from embengine._optional import require
+from embengine.clustering import nearest_centroid, spherical_kmeans
+from embengine.records import Record, record_texts
 
 if TYPE_CHECKING:
     from embengine.engine import Engine
 
-Record = Union[str, Mapping[str, object]]  # noqa: UP007 (a runtime alias; py3.10 has no `type`)
 Confirm = Callable[[str, str], bool]
 
 EXACT_LIMIT = 50_000  # all-pairs up to here; k-means partitions beyond
@@ -65,48 +66,6 @@ class Clusters:
         order = np.argsort(self.labels, kind="stable")
         bounds = np.flatnonzero(np.diff(self.labels[order])) + 1
         return [g for g in np.split(order, bounds) if len(g) >= min_size]
-
-
-# ---------------------------------------------------------------------------- records
-
-
-def record_texts(
-    records: Sequence[Record], *, fields: Sequence[str] | None = None, template: str | None = None
-) -> list[str]:
-    """One text per record: strings as they are; dicts by `template` or joined `fields`.
-
-    `template` is a str.format pattern over the dict's keys ("{name} {brand}"); without one,
-    the values of `fields` (default: all keys, in order) are joined by spaces. Missing keys
-    and None values count as empty strings.
-    """
-    if isinstance(records, (str, bytes, Mapping)):
-        raise TypeError("records must be a sequence of str or dict, not a single record")
-    texts = []
-    for position, record in enumerate(records):
-        if isinstance(record, str):
-            texts.append(record)
-        elif isinstance(record, Mapping):
-            values = {key: "" if value is None else value for key, value in record.items()}
-            if template is not None:
-                try:
-                    texts.append(template.format_map(_Blank(values)).strip())
-                except (ValueError, IndexError) as exc:
-                    raise ValueError(
-                        f"template {template!r} failed on records[{position}]"
-                    ) from exc
-            else:
-                keys = list(record) if fields is None else fields
-                texts.append(" ".join(str(values.get(key, "")) for key in keys).strip())
-        else:
-            raise TypeError(f"records[{position}] is {type(record).__name__}, expected str or dict")
-    return texts
-
-
-class _Blank(dict):
-    """A format_map mapping where a missing key reads as an empty string."""
-
-    def __missing__(self, key: str) -> str:
-        return ""
 
 
 # ---------------------------------------------------------------------- confirmation
@@ -209,43 +168,6 @@ def exact_pairs(vectors: np.ndarray, threshold: float, *, block: int = _BLOCK) -
     return _concat(parts)
 
 
-def kmeans(
-    vectors: np.ndarray, k: int, *, iterations: int = 10, sample: int | None = None, seed: int = 0
-) -> np.ndarray:
-    """Spherical k-means: (k, d) unit centroids, trained on a seeded sample of the rows.
-
-    Assignment uses ops.centroid_distance; an emptied centroid is re-seeded with a random row.
-    """
-    rng = np.random.default_rng(seed)
-    n = len(vectors)
-    if not 1 <= k <= n:
-        raise ValueError(f"k must be in [1, {n}] for {n} vectors, got {k}")
-    size = min(n, sample if sample is not None else 64 * k)
-    train = vectors[np.sort(rng.choice(n, size, replace=False))].astype(np.float32)
-    centroids = train[rng.choice(size, k, replace=False)].copy()
-    for _ in range(iterations):
-        _, nearest = _nearest_centroid(train, centroids)
-        sums = np.zeros_like(centroids)
-        np.add.at(sums, nearest, train)
-        empty = np.bincount(nearest, minlength=k) == 0
-        sums[empty] = train[rng.choice(size, int(empty.sum()))]
-        centroids = ops.normalize_rows_(np.ascontiguousarray(sums, dtype=np.float32))
-    return centroids
-
-
-def _nearest_centroid(
-    vectors: np.ndarray, centroids: np.ndarray, *, block: int = 16_384
-) -> tuple[np.ndarray, np.ndarray]:
-    """ops.centroid_distance over row blocks, so the distance tile stays small."""
-    dist = np.empty(len(vectors), dtype=np.float32)
-    nearest = np.empty(len(vectors), dtype=np.int64)
-    for a in range(0, len(vectors), block):
-        dist[a : a + block], nearest[a : a + block] = ops.centroid_distance(
-            vectors[a : a + block], centroids
-        )
-    return dist, nearest
-
-
 def partitioned_pairs(
     vectors: np.ndarray,
     threshold: float,
@@ -271,7 +193,9 @@ def partitioned_pairs(
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     parts = []
     for r in range(rounds):
-        centroids = kmeans(vectors, k, seed=seed + r)
+        centroids = spherical_kmeans(
+            vectors, k, seed=seed + r, iterations=10, sample=64 * k, init="random"
+        )
         for rows in _two_nearest_partitions(vectors, centroids):
             if len(rows) > 1:
                 i, j, s = ops.pairs_above(vectors[rows], threshold)
@@ -283,14 +207,14 @@ def partitioned_pairs(
 def _two_nearest_partitions(vectors: np.ndarray, centroids: np.ndarray) -> list[np.ndarray]:
     """For each centroid, the rows whose nearest or second-nearest centroid it is."""
     k = len(centroids)
-    _, home = _nearest_centroid(vectors, centroids)
+    _, home = nearest_centroid(vectors, centroids)
     by_home = _group(home, k)
     second = np.full(len(vectors), -1, dtype=np.int64)
     others = np.arange(k)
     for c, members in enumerate(by_home):
         if len(members):
             rest = np.delete(others, c)
-            _, nearest = _nearest_centroid(vectors[members], centroids[rest])
+            _, nearest = nearest_centroid(vectors[members], centroids[rest])
             second[members] = rest[nearest]
     by_second = _group(second, k)
     return [np.concatenate([by_home[c], by_second[c]]) for c in range(k)]

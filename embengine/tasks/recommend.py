@@ -1,6 +1,6 @@
 """Content-based recommendation over item embeddings, blended with interactions when given.
 
-Items are texts (or dicts joined as in dedup.record_texts), embedded once; a user is the
+Items are texts (or dicts joined as in embengine.records.record_texts), embedded once; a user is the
 weighted centroid of the items in their history, or several centroids for varied tastes.
 A new item is recommendable the moment it is added: content needs no interactions.
 With interactions, `alpha` blends in item-item co-occurrence ("users who liked your items
@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from embengine import ops
-from embengine.tasks.dedup import Record, kmeans, record_texts
+from embengine.clustering import spherical_kmeans
+from embengine.records import Record, record_texts
 
 if TYPE_CHECKING:
     from embengine.engine import Engine
@@ -27,7 +28,7 @@ History = Sequence[ItemId] | Mapping[ItemId, float]
 class Recommender:
     """Recommend items by content similarity, optionally blended with interactions.
 
-    `items` maps id -> text or dict (`fields` / `template` as in dedup.record_texts).
+    `items` maps id -> text or dict (`fields` / `template` as in embengine.records.record_texts).
     `interactions` is an iterable of (user, item) or (user, item, weight) rows; with it,
     `alpha` in [0, 1] weights co-occurrence against content (0: content only).
     `profiles` > 1 splits a long history into that many taste centroids (k-means) and
@@ -186,7 +187,7 @@ class Recommender:
         catalogue = self.content_vectors
         vectors = catalogue[rows]
         if self.profiles > 1 and len(rows) > 2 * self.profiles:
-            centroids = kmeans(vectors, self.profiles, iterations=5, seed=0)
+            centroids = spherical_kmeans(vectors, self.profiles, iterations=5, seed=0)
         else:
             centroids = (weights[:, None] * vectors).sum(0, keepdims=True)
             centroids = ops.normalize_rows_(np.ascontiguousarray(centroids, dtype=np.float32))
