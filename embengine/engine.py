@@ -129,11 +129,15 @@ class Engine:
             **self.encoder.details,
         }
 
-    def embed(self, texts: Iterable[str], *, progress: bool = False) -> np.ndarray:
+    def embed(
+        self, texts: Iterable[str], *, progress: bool = False, cache: bool = True
+    ) -> np.ndarray:
         """Embed texts: (n, dim) float32 unit rows, in input order.
 
         Identical texts in one call are encoded once. Texts longer than the model's max
-        length are truncated and counted in `last_stats.truncated`.
+        length are truncated and counted in `last_stats.truncated`. With a store attached,
+        texts found there are not encoded; new ones are added to it unless cache=False
+        (search queries use cache=False: they are read from the store, never added).
         """
         started = time.perf_counter()
         items = check_texts(texts)
@@ -142,7 +146,7 @@ class Engine:
         if self.store is None:
             vectors = self._encode(list(unique), stats, progress)
         else:
-            vectors = self._encode_missing(list(unique), stats, progress)
+            vectors = self._encode_missing(list(unique), stats, progress, cache)
         stats.seconds = time.perf_counter() - started
         if stats.truncated:
             log.info(
@@ -175,9 +179,9 @@ class Engine:
         """Look texts up by content hash in `store` before encoding, and keep new vectors there.
 
         A path opens (or creates) the store for this engine's model; ModelMismatchError when
-        the store belongs to another model; None detaches. autosave: save the store after
-        each embed call that added vectors (the whole file is rewritten; turn off for many
-        small calls and call `engine.store.save()`).
+        the store belongs to another model; None detaches. autosave: after each embed call
+        that added vectors, append them to the store's directory (one new segment, O(new
+        rows)); many small calls make many segments, which `engine.store.compact()` merges.
         """
         from embengine.store import EmbeddingStore
 
@@ -196,19 +200,24 @@ class Engine:
         self.store = store
         self.autosave = autosave
 
-    def _encode_missing(self, texts: list[str], stats: EmbedStats, progress: bool) -> np.ndarray:
-        """Vectors of distinct texts: from the store where present, else encoded and stored."""
-        assert self.store is not None
-        vectors, found = self.store.lookup(texts)
+    def _encode_missing(
+        self, texts: list[str], stats: EmbedStats, progress: bool, cache: bool
+    ) -> np.ndarray:
+        """Vectors of distinct texts: from the store where present, else encoded (and stored
+        when `cache`). Safe from many threads: the store's lookup and put are atomic."""
+        store, autosave = self.store, self.autosave  # one store for the whole call
+        assert store is not None
+        vectors, found = store.lookup(texts)
         missing = np.flatnonzero(~found)
         stats.cache_hits, stats.cache_misses = len(texts) - len(missing), len(missing)
         stats.unique_texts = len(missing)
         if len(missing):
             new_texts = [texts[i] for i in missing]
             vectors[missing] = self._encode(new_texts, stats, progress)
-            self.store.put(new_texts, vectors[missing])
-            if self.autosave and self.store.path is not None:
-                self.store.save()
+            if cache:
+                store.put(new_texts, vectors[missing], replace=False)
+                if autosave and store.path is not None:
+                    store.save()
         return vectors
 
     def index(
@@ -238,7 +247,8 @@ class Engine:
         """Search `index` with text queries embedded by this engine: (scores, ids), (n, k).
 
         The index must hold this model's vectors (ModelMismatchError otherwise); options as
-        VectorIndex.search (allow, mode, fusion, weight, depth).
+        VectorIndex.search (allow, mode, fusion, weight, depth). Queries are read from an
+        attached store but never added to it (embed them first to keep them).
         """
         index.attach_engine(self)
         return index.search(check_texts(queries), k, **options)

@@ -458,17 +458,17 @@ class VectorIndex:
                 raise ValueError(f"{len(texts)} texts for {len(vectors)} vectors")
         return vectors, texts
 
-    def _embed(self, texts: list[str]) -> np.ndarray:
+    def _embed(self, texts: list[str], cache: bool = True) -> np.ndarray:
         if self.engine is None:
             raise ValueError(
                 "text input needs an engine: make the index with engine.index(...) or "
                 "VectorIndex.load(path, engine=engine), or pass vectors"
             )
-        return self.engine.embed(texts)
+        return self.engine.embed(texts, cache=cache)
 
     def _query_vectors(self, queries: Any, query_texts: list[str] | None) -> np.ndarray:
         if query_texts is not None:
-            return self._embed(query_texts)
+            return self._embed(query_texts, cache=False)  # queries stay out of the store
         q = ops.check_vectors(queries, "queries", self.dim).astype(np.float32, copy=True)
         return ops.normalize_rows_(q)
 
