@@ -290,7 +290,7 @@ def write_manifest(directory: Path, manifest: dict) -> None:
 
 
 def read_manifest(directory: Path) -> dict | None:
-    """The verified manifest, or None when the directory has none (an empty store)."""
+    """The verified manifest (less its checksum), or None when there is none (empty store)."""
     path = directory / MANIFEST
     try:
         data = path.read_bytes()
@@ -323,7 +323,7 @@ def read_manifest(directory: Path) -> dict | None:
         int(manifest["next"]), int(manifest["dim"]), str(manifest["fingerprint"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptFileError(f"{path}: bad manifest fields") from exc
-    return manifest
+    return body
 
 
 def segment_name(number: int) -> str:
