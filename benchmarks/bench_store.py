@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -64,6 +65,17 @@ print(json.dumps({"load_s": load_s, "rows": len(store), "rss_before": before,
 """
 
 
+def raw_write(path: Path, nbytes: int) -> float:
+    """Seconds to write and fsync `nbytes` to a new file: the disk's floor for one append."""
+    data = np.random.default_rng(len(str(path))).bytes(nbytes)
+    started = time.perf_counter()
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -95,17 +107,31 @@ def main() -> None:
         }
         old["ids"] = np.zeros(0, dtype=str)
         old["metadata"] = np.zeros(0, dtype=str)
-        appends, baseline = [], []
-        print(f"{'call':>5} {'rows before':>12} {'append ms':>10} {'single-file rewrite ms':>23}")
-        started_all = time.perf_counter()
+        appends, baseline, raw = [], [], []
+        print(
+            f"{'call':>5} {'rows before':>12} {'put ms':>7} {'save ms':>8} {'MB written':>10} "
+            f"{'raw write ms':>12} {'append/raw':>10} {'single-file rewrite ms':>23}"
+        )
+        total_s = 0.0
         for c in range(args.calls):
             texts, x = call_rows(c)
             size = len(store)
             started = time.perf_counter()
             store.put(texts, x)
+            put_s = time.perf_counter() - started
             store.save()
-            appends.append((size, time.perf_counter() - started))
-            line = f"{c:>5} {size:>12,} {appends[-1][1] * 1e3:>10.1f}"
+            append_s = time.perf_counter() - started
+            total_s += append_s
+            appends.append((size, append_s, put_s))
+            written = (
+                store._segments[-1].info["bytes"]
+                + (scratch / "store" / "MANIFEST.json").stat().st_size
+            )
+            raw.append((size, raw_write(scratch / f"raw-{c}.bin", written)))
+            line = (
+                f"{c:>5} {size:>12,} {put_s * 1e3:>7.1f} {(append_s - put_s) * 1e3:>8.1f} "
+                f"{written / 1e6:>10.2f} {raw[-1][1] * 1e3:>12.1f} {append_s / raw[-1][1]:>10.2f}"
+            )
             if c < args.baseline_calls:  # the old way: grow by concatenation, rewrite it all
                 started = time.perf_counter()
                 hashes = np.frombuffer(b"".join(content_hash(t) for t in texts), np.uint8)
@@ -120,8 +146,8 @@ def main() -> None:
                 line += f" {baseline[-1][1] * 1e3:>23.1f}"
             elif c == args.baseline_calls:
                 old.clear()
+                (scratch / "old.emb").unlink()
             print(line, flush=True)
-        total_s = time.perf_counter() - started_all - sum(t for _, t in baseline)
         writer_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         disk = sum(p.stat().st_size for p in (scratch / "store").iterdir())
         del store
@@ -144,21 +170,28 @@ def main() -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
     vector_bytes = args.rows * args.dim * 4
-    times = np.array([t for _, t in appends])
-    first, last = (
-        np.median(times[: args.calls // 10 or 1]),
-        np.median(times[-(args.calls // 10 or 1) :]),
-    )
+    tenth = args.calls // 10 or 1
+    table = np.array([[t, p, r] for (_, t, p), (_, r) in zip(appends, raw, strict=True)])
+
+    def tenths(column: np.ndarray) -> tuple[float, float]:
+        return float(np.median(column[:tenth])), float(np.median(column[-tenth:]))
+
+    first, last = tenths(table[:, 0])
+    put_first, put_last = tenths(table[:, 1])
+    ratio_first, ratio_last = tenths(table[:, 0] / table[:, 2])
     result = {
         "rows": args.rows,
         "dim": args.dim,
         "calls": args.calls,
         "rows_per_call": per_call,
-        "append_s": [[s, t] for s, t in appends],
+        "append_s": [[s, t] for s, t, _ in appends],
+        "put_s": [[s, p] for s, _, p in appends],
+        "raw_write_s": [[s, r] for s, r in raw],
         "single_file_s": [[s, t] for s, t in baseline],
         "total_s": total_s,
-        "append_first_tenth_median_s": first,
-        "append_last_tenth_median_s": last,
+        "append_tenths_median_s": [first, last],
+        "put_tenths_median_s": [put_first, put_last],
+        "append_over_raw_write_tenths": [ratio_first, ratio_last],
         "compact_s": compact_s,
         "disk_bytes": disk,
         "vector_bytes": vector_bytes,
@@ -169,8 +202,10 @@ def main() -> None:
     gib = 1 << 30
     print(
         f"\n{args.rows:,} x {args.dim} in {args.calls} appends: total {total_s:.1f} s "
-        f"({args.rows / total_s:,.0f} rows/s); append median {first * 1e3:.0f} ms in the first "
-        f"tenth, {last * 1e3:.0f} ms in the last (ratio {last / first:.2f})"
+        f"({args.rows / total_s:,.0f} rows/s). Medians, first tenth -> last tenth of the calls: "
+        f"append {first * 1e3:.0f} -> {last * 1e3:.0f} ms ({last / first:.2f}x); put (CPU) "
+        f"{put_first * 1e3:.0f} -> {put_last * 1e3:.0f} ms ({put_last / put_first:.2f}x); "
+        f"append / raw write+fsync of the same bytes {ratio_first:.2f} -> {ratio_last:.2f}"
     )
     if baseline:
         b = [t for _, t in baseline]
@@ -203,10 +238,13 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    rows, secs = zip(*result["append_s"], strict=True)
-    ax.plot(
-        np.array(rows) / 1e3, np.array(secs) * 1e3, ".-", label="EmbeddingStore append (put + save)"
-    )
+    for key, style, label in (
+        ("append_s", ".-", "EmbeddingStore append (put + save)"),
+        ("put_s", ".-", "of which put (hashing, checks: CPU)"),
+        ("raw_write_s", ":", "raw write + fsync of the same bytes"),
+    ):
+        rows, secs = zip(*result[key], strict=True)
+        ax.plot(np.array(rows) / 1e3, np.array(secs) * 1e3, style, label=label)
     if result["single_file_s"]:
         rows, secs = zip(*result["single_file_s"], strict=True)
         ax.plot(
