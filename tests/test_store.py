@@ -398,3 +398,29 @@ def test_engine_refuses_a_store_of_another_model(fresh: Engine, tmp_path: Path) 
     with pytest.raises(ModelMismatchError, match="use another path"):
         fresh.attach_store(tmp_path / "o.emb")
     assert fresh.store is None
+
+
+def test_two_writers_on_one_directory_lose_nothing(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """Two store objects (as two processes would) append and compact the same directory."""
+    path = tmp_path / "s.emb"
+    a = EmbeddingStore(path, fingerprint="m1", dim=4)
+    b = EmbeddingStore(path, fingerprint="m1", dim=4)
+    x = unit(rng, 6)
+    a.put(["a1"], x[[0]])
+    a.save()
+    b.put(["b1", "a1"], x[[1, 2]])  # b replaces a1 after a wrote it
+    b.save()  # picks up a's segment first, then appends after it
+    assert len(b) == 2
+    np.testing.assert_array_equal(b.lookup(["a1", "b1"])[0], x[[2, 1]])
+    a.put(["a2"], x[[3]])
+    a.save()  # picks up b's segment
+    a.compact()
+    b.put(["b2"], x[[4]])
+    b.save()  # the directory was compacted by a: b reopens it, then appends
+    for s in (b, EmbeddingStore(path, fingerprint="m1", dim=4)):
+        vectors, found = s.lookup(["a1", "b1", "a2", "b2"])
+        assert found.all()
+        np.testing.assert_array_equal(vectors, x[[2, 1, 3, 4]])
+        assert len(s) == 4

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -60,6 +61,8 @@ try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: one writing process, unchecked
     fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger("embengine")
 
 FORMAT_V1 = "embengine.EmbeddingStore/1"  # the old single-file format, converted on open
 FULL_VERIFY_BYTES = 256 << 20  # verify="auto" reads every byte of stores up to this size
@@ -337,6 +340,9 @@ class EmbeddingStore:
             self._segments[self._saved :] = [segment]
             self._saved += 1
             self._starts = np.append(self._starts[: self._saved], self._starts[-1])
+        count = len(self._segments)
+        if count >= 256 and count & (count - 1) == 0:  # at 256, 512, 1024, ... segments
+            log.info("%s has %d segments: store.compact() merges them", self.path, count)
 
     def _write_live(self, directory: Path, number: int) -> dict | None:
         parts = self._live_parts()
