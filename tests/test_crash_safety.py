@@ -1,5 +1,7 @@
 """SIGKILL during save, many times at random points: the file is the old or the new state.
 
+(The index below; the embedding store's appends and compactions further down.)
+
 A subprocess builds two index states A and B (vectors, FAISS, texts and BM25), saves A,
 then for each round forks a writer that saves B, A, B, ... to the same path in a loop,
 kills it with SIGKILL after a random delay, and loads the file. Every load must give A or

@@ -197,7 +197,12 @@ class EmbeddingStore:
                     continue
                 s = int(np.searchsorted(self._starts, row, side="right")) - 1
                 segment, local = self._segments[s], row - int(self._starts[s])
-                out.append((segment.id(local), json.loads(segment.metadata(local) or "{}")))
+                try:
+                    out.append((segment.id(local), json.loads(segment.metadata(local) or "{}")))
+                except ValueError as exc:  # bad UTF-8 or JSON: only a crafted file has them
+                    raise CorruptFileError(
+                        f"{self.path}: row {row} has corrupt id or metadata"
+                    ) from exc
         return out
 
     def verify(self) -> None:
@@ -513,8 +518,8 @@ def _hash_all(texts: Sequence[str]) -> list[bytes]:
             data = text.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise InvalidInputError(
-                f"texts[{position}] is not valid Unicode ({exc.reason} at character "
-                f"{exc.start}): it has no UTF-8 form to hash or store"
+                f"texts[{position}] ({text[:40]!r}) is not valid Unicode ({exc.reason} at "
+                f"character {exc.start}): it has no UTF-8 form to hash or store"
             ) from exc
         keys.append(hashlib.sha256(data).digest())
     return keys
