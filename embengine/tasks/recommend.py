@@ -112,6 +112,8 @@ class Recommender:
             raise InvalidInputError(f"profiles must be >= 1, got {profiles}")
         if not isinstance(center, (bool, np.bool_)):
             raise InvalidTypeError(f"center must be a bool, got {center!r}")
+        if template is not None and not isinstance(template, str):
+            raise InvalidTypeError(f"template must be a str or None, got {template!r}")
         self._profiles = int(profiles)
         self._center = bool(center)
         self._fields = None if fields is None else [str(f) for f in fields]
