@@ -203,6 +203,10 @@ RANKED = [
         id="index-search-lexical",
     ),
     pytest.param(
+        Ranked(lambda e: _index_str(e).search(QUERIES[:2], 6, mode="hybrid"), 2, 6, [4, 4], "str"),
+        id="index-search-hybrid",
+    ),
+    pytest.param(
         Ranked(lambda e: _index_int(e).search([], 3), 0, 3, [], "int"),
         id="index-search-empty",
         marks=pending("index", "makes search([], k) return (0, k) arrays"),
