@@ -81,8 +81,11 @@ def metrics(ranked: list, relevant: set) -> tuple[float, float]:
 
 
 def evaluate(name: str, rank, users: dict, relevant: dict) -> tuple[float, float]:
+    """`rank(user_ids, histories)` -> one ranked id list per user."""
     started = time.perf_counter()
-    results = [metrics(list(rank(u, users[u])), relevant[u]) for u in sorted(relevant)]
+    order = sorted(relevant)
+    ranked = rank(order, [users[u] for u in order])
+    results = [metrics(list(r), relevant[u]) for u, r in zip(order, ranked, strict=True)]
     recall, ndcg = np.mean(results, axis=0)
     seconds = time.perf_counter() - started
     print(f"  {name:<38} recall@10 {recall:.4f}  nDCG@10 {ndcg:.4f}  ({seconds:.0f} s)")
@@ -103,21 +106,26 @@ def cold_start(
         f"\ncold start: {len(held)} of {len(rated)} rated movies held out; "
         f"{len(relevant)} users with training and held-out positives; rank among held-out movies"
     )
-    engine_free = _prebuilt(texts, vectors)
+    ids = list(texts)
 
-    def random_rank(user: int, history: dict) -> list:
-        return rng.permutation(held_ids)[:K].tolist()
+    def random_rank(users: list, histories: list) -> list:
+        return [rng.permutation(held_ids)[:K].tolist() for _ in users]
 
     evaluate("random", random_rank, train, relevant)
     evaluate("popularity (no signal: random ties)", random_rank, train, relevant)
     tagged = sorted(held_ids, key=lambda m: -tag_counts.get(m, 0))
-    evaluate("tag count (a popularity proxy in text)", lambda u, h: tagged[:K], train, relevant)
+    evaluate(
+        "tag count (a popularity proxy in text)",
+        lambda u, h: [tagged[:K]] * len(u),
+        train,
+        relevant,
+    )
     for label, options in (
         ("content, raw embeddings", {"center": False}),
         ("content, centred (default)", {}),
         ("content, centred, 3 centroids", {"profiles": 3}),
     ):
-        rec = engine_free(**options)
+        rec = Recommender.from_vectors(vectors, ids, **options)
         evaluate(
             label, lambda u, h, r=rec: r.for_user(h, K, candidates=held_ids)[1], train, relevant
         )
@@ -139,36 +147,25 @@ def warm(texts: dict, vectors: np.ndarray, ratings: np.ndarray, seed: int) -> No
     popularity = Counter(m for _, m in interactions)
     by_popularity = [m for m, _ in popularity.most_common()]
 
-    def popular(user: int, history: dict) -> list:
-        exclude = set(seen[user])
-        return [m for m in by_popularity if m not in exclude][:K]
+    def popular(users: list, histories: list) -> list:
+        return [[m for m in by_popularity if m not in set(seen[u])][:K] for u in users]
 
     evaluate("popularity", popular, train, relevant)
-    make = _prebuilt(texts, vectors)
     for label, alpha in (
         ("content", 0.0),
         ("co-occurrence", 1.0),
         ("blend alpha=0.5", 0.5),
         ("blend alpha=0.8", 0.8),
     ):
-        rec = make(profiles=1, alpha=alpha, interactions=interactions)
-        evaluate(label, lambda u, h, r=rec: r.for_user(h, K, exclude=seen[u])[1], train, relevant)
-
-
-def _prebuilt(texts: dict, vectors: np.ndarray):
-    """Recommenders over the cached vectors (an engine stand-in that returns them)."""
-    order = {text: n for n, text in enumerate(texts.values())}
-
-    class CachedEngine:
-        dim = vectors.shape[1]
-
-        def embed(self, batch: list[str]) -> np.ndarray:
-            return vectors[[order[t] for t in batch]]
-
-    def make(**options) -> Recommender:
-        return Recommender(CachedEngine(), texts, **options)  # type: ignore[arg-type]
-
-    return make
+        rec = Recommender.from_vectors(
+            vectors, list(texts), profiles=1, alpha=alpha, interactions=interactions
+        )
+        evaluate(
+            label,
+            lambda u, h, r=rec: r.for_user(h, K, exclude=[seen[user] for user in u])[1],
+            train,
+            relevant,
+        )
 
 
 def main() -> None:

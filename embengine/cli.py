@@ -612,16 +612,19 @@ def _run_recommend(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown item ids {unknown[:5]} (not in {', '.join(args.inputs)})")
     recommender = _engine(args).recommender(items)
     if args.similar is not None:
-        scores, ids = recommender.similar(wanted[0], args.k)
+        scores, ids = recommender.similar([wanted[0]], args.k)
     else:
-        scores, ids = recommender.for_user(wanted, args.k)
+        scores, ids = recommender.for_user([wanted], args.k)
+    found = np.isfinite(scores[0])  # slots past the catalogue hold -inf
     rows = (
         {
             "rank": rank,
             "id": item.item() if isinstance(item, np.generic) else item,
             "score": round(float(score), 6),
         }
-        for rank, (score, item) in enumerate(zip(scores, ids, strict=True), start=1)
+        for rank, (score, item) in enumerate(
+            zip(scores[0][found], ids[0][found], strict=True), start=1
+        )
     )
     count = _write_rows(args, ["rank", "id", "score"], rows)
     _say(args, f"recommended {count} of {len(items)} items")

@@ -154,17 +154,18 @@ def demo_recommend(engine: Engine) -> None:
     title = {key: row["title"] for key, row in movies.items()}
     history = ["m01", "m02", "m03"]
     print("history: " + "; ".join(title[i] for i in history))
-    print("recommended: " + "; ".join(title[i] for i in rec.for_user(history, k=3)[1]))
+    print("recommended: " + "; ".join(title[i] for i in rec.for_user([history], k=3)[1][0]))
     new = {
         "title": "The Martian (2015)",
         "description": "Adventure, Drama, Sci-Fi; an astronaut stranded on Mars must survive",
     }
     rec.add_items({"new": new})
     title["new"] = f"{new['title']} [just added]"
-    scores, after = rec.for_user(history, k=3)
-    ranked = "; ".join(f"{title[i]} {s:.2f}" for i, s in zip(after, scores, strict=True))
+    scores, after = rec.for_user([history], k=3)  # a batch of one history: row 0
+    ranked = "; ".join(f"{title[i]} {s:.2f}" for i, s in zip(after[0], scores[0], strict=True))
     print(f"after add_items: {ranked}")
-    print(f"similar to {title['m11']}: " + "; ".join(title[i] for i in rec.similar("m11", k=2)[1]))
+    similar = rec.similar(["m11"], k=2)[1][0]
+    print(f"similar to {title['m11']}: " + "; ".join(title[i] for i in similar))
 
 
 def main() -> None:

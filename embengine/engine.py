@@ -19,11 +19,12 @@ from embengine.validation import check_texts
 
 if TYPE_CHECKING:
     from embengine.index import VectorIndex
+    from embengine.records import Record
     from embengine.store import EmbeddingStore
     from embengine.tasks.anomaly import AnomalyDetector
     from embengine.tasks.classify import Classifier
-    from embengine.tasks.dedup import Clusters, Pairs
-    from embengine.tasks.recommend import Recommender
+    from embengine.tasks.dedup import Clusters, Confirm, Pairs
+    from embengine.tasks.recommend import Interaction, Recommender
 
 log = logging.getLogger("embengine")
 
@@ -271,11 +272,32 @@ class Engine:
             stats.batches += len(chunk.batches)
         return out
 
-    def dedup(self, records: Sequence, threshold: float = 0.9, **options: Any) -> Clusters:
+    def dedup(
+        self,
+        records: Sequence[Record],
+        threshold: float = 0.9,
+        *,
+        fields: Sequence[str] | None = None,
+        template: str | None = None,
+        confirm: Confirm | bool | None = None,
+        method: str = "auto",
+        partitions: int | None = None,
+        seed: int = 0,
+    ) -> Clusters:
         """Near-duplicate clusters of str / dict records: see embengine.tasks.dedup.dedup."""
         from embengine.tasks.dedup import dedup
 
-        return dedup(self, records, threshold, **options)
+        return dedup(
+            self,
+            records,
+            threshold,
+            fields=fields,
+            template=template,
+            confirm=confirm,
+            method=method,
+            partitions=partitions,
+            seed=seed,
+        )
 
     def match(
         self, left: Sequence, right: Sequence, threshold: float = 0.5, **options: Any
@@ -285,11 +307,32 @@ class Engine:
 
         return match(self, left, right, threshold, **options)
 
-    def recommender(self, items: Mapping, **options: Any) -> Recommender:
+    def recommender(
+        self,
+        items: Mapping[int | str, Record] | None = None,
+        *,
+        interactions: Iterable[Interaction] | None = None,
+        alpha: float = 0.5,
+        profiles: int = 1,
+        diversity: float = 0.0,
+        center: bool = True,
+        fields: Sequence[str] | None = None,
+        template: str | None = None,
+    ) -> Recommender:
         """Content-based recommender over {id: text | dict}: see embengine.tasks.recommend."""
         from embengine.tasks.recommend import Recommender
 
-        return Recommender(self, items, **options)
+        return Recommender(
+            self,
+            items,
+            interactions=interactions,
+            alpha=alpha,
+            profiles=profiles,
+            diversity=diversity,
+            center=center,
+            fields=fields,
+            template=template,
+        )
 
 
 def _progress(chunks: Iterable[Chunk], enabled: bool, total: int) -> Iterable[Chunk]:
