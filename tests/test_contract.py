@@ -154,7 +154,6 @@ SAVEABLE = {
     "store": pytest.param(
         Saveable(_store, lambda store: [store.lookup([*DOCS, "absent"]), store.info(DOCS)]),
         id="store",
-        marks=pending("store", "adds EmbeddingStore.load(path, *, engine)"),
     ),
 }
 
@@ -344,7 +343,6 @@ ERRORS = [
     pytest.param(
         lambda e: EmbeddingStore.for_engine(None, e).put(DOCS, np.zeros((1, e.dim))),
         id="store-count-mismatch",
-        marks=pending("store", "raises InvalidInputError for mismatched rows"),
     ),
     pytest.param(
         lambda e: e.dedup(DOCS, threshold=2.0),
