@@ -227,9 +227,8 @@ def test_cuda_pooling_and_normalize_report_bad_input(rng: np.random.Generator) -
     before = gx.clone()
     with pytest.raises(ValueError, match="first in row 2"):
         ops.normalize_rows_(gx)
-    assert torch.equal(gx.isnan(), before.isnan()) and torch.equal(
-        gx.nan_to_num(), before.nan_to_num()
-    )  # nothing half-applied
+    assert torch.equal(gx.isnan(), before.isnan())
+    assert torch.equal(gx.nan_to_num(), before.nan_to_num())
     empty = torch.zeros((0, 97), device="cuda")
     assert ops.normalize_rows_(empty) is empty
     assert ops.mean_pool_normalize(
