@@ -338,6 +338,16 @@ class _Gpu:
         norms = cupy.sqrt((x.astype("float64") ** 2).sum(axis=1))
         return float(cupy.where(cupy.isfinite(norms), norms, 0.0).max())
 
+    def count_not_finite(self, a: Any) -> int:
+        """NaN / inf entries of a result array (read on the host: one sync)."""
+        if self.torch:
+            import torch
+
+            return int((~torch.isfinite(a)).sum())
+        import cupy
+
+        return int((~cupy.isfinite(a)).sum())
+
     def tf32(self) -> bool:
         """May float32 matmuls here use TF32 tensor cores (rounding inputs to 10 bits)?"""
         if self.torch:
@@ -535,15 +545,7 @@ def centroid_scores_cuda(x: CudaArray, c: CudaArray, check_finite: bool = True) 
         for r0, r1, tile in _centroid_tiles(g, xs, cs):
             out[r0:r1] = tile
     if check_finite:
-        if g.torch:
-            import torch
-
-            bad = int((~torch.isfinite(out)).sum())
-        else:
-            import cupy
-
-            bad = int((~cupy.isfinite(out)).sum())
-        _require_finite(bad, ("centroids", c.original), ("x", x.original))
+        _require_finite(g.count_not_finite(out), ("centroids", c.original), ("x", x.original))
     return out
 
 
