@@ -195,6 +195,9 @@ class NumpyGpu(similarity._Gpu):
             NumpyGpu.converted.append(block.size)
         return super().f32(block, buffer)
 
+    def copy_into(self, out: Any, block: Any) -> None:
+        np.copyto(out, block, casting="unsafe")
+
     def matmul(self, a: Any, b: Any) -> Any:
         with np.errstate(all="ignore"):
             return dev(np.asarray(a) @ np.asarray(b).T)

@@ -53,9 +53,10 @@ __global__ void dot_scores_kernel(const float* __restrict__ queries, int64_t q,
         }
 #pragma unroll
         for (int j = 0; j < kScoreQueries; ++j) {
+          if (g + j >= qn) break;  // uniform across the warp: no divergent shuffle
           float s = acc[j];
           for (int offset = 16; offset > 0; offset /= 2) s += __shfl_down_sync(0xffffffffu, s, offset);
-          if (lane == 0 && g + j < qn) out[(q0 + g + j) * ld + row] = s;
+          if (lane == 0) out[(q0 + g + j) * ld + row] = s;
         }
       }
     }

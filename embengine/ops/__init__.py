@@ -214,7 +214,9 @@ def _normalize_rows_cuda(x: Any, eps: float) -> Any:
             if a.framework == "torch":
                 a.original.copy_(work.original)
             else:
-                a.original[...] = work.original
+                import cupy
+
+                cupy.copyto(a.original, work.original, casting="unsafe")
     return x
 
 

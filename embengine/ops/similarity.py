@@ -285,11 +285,17 @@ class _Gpu:
         if a.dtype == "float32" and a.contiguous:
             return block
         out = buffer[: a.shape[0]]
+        self.copy_into(out, block)
+        return out
+
+    def copy_into(self, out: Any, block: Any) -> None:
+        """out[...] = block, converting the dtype on the device."""
         if self.torch:
             out.copy_(block)
         else:
-            out[...] = block
-        return out
+            import cupy
+
+            cupy.copyto(out, block, casting="unsafe")
 
     def matmul(self, a: Any, b: Any) -> Any:
         """a @ b.T as a new float32 array (the caching allocator reuses the tile memory)."""
