@@ -27,6 +27,7 @@ Exit codes (documented in README):
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import glob
 import importlib.util
 import os
@@ -271,6 +272,23 @@ def collect(env: dict[str, str]) -> tuple[bool, str]:
     return out.returncode in (0, 5), text
 
 
+def check_collection(env: dict[str, str]) -> bool | None:
+    """Collect the gpu tests and print the outcome: True / False, or None when embengine is
+    not importable yet (a bare machine before the build: checked again after it)."""
+    importable = subprocess.run(
+        [sys.executable, "-c", "import embengine"], cwd=ROOT, env=env, capture_output=True
+    )
+    if importable.returncode:
+        print("gpu-check test collection: not checked yet (embengine is built after pre-flight)")
+        return None
+    ok, text = collect(env)
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    shown = [x for x in lines if x.startswith(("SKIPPED", "ERROR", "E "))] + lines[-1:]
+    print("gpu-check test collection:", "ok" if ok else "FAILED")
+    print("\n".join(f"  {line}" for line in (shown if ok else lines[-40:])))
+    return ok
+
+
 def build() -> None:
     """The two modules, in place, for this card: CMake if it can, else nvcc / g++ directly."""
     arch = card_arch()
@@ -302,37 +320,21 @@ def build() -> None:
     build_direct(arch)
 
 
-def build_direct(arch: str) -> None:
-    """What CMakeLists.txt does, as plain compiler calls (no cmake, no pip pybind11)."""
+def build_direct(arch: str, dest: Path = ROOT / "embengine") -> None:
+    """What CMakeLists.txt does, as plain compiler calls (no cmake, no pip pybind11): the
+    translation units compile in parallel, then the CUDA module links with static cudart."""
     nvcc, include = _nvcc(), pybind11_include()
-    assert nvcc
-    assert include
+    if not nvcc or not include:
+        raise subprocess.CalledProcessError(1, "build", "nvcc or pybind11 headers missing")
     out_dir = ROOT / "build" / "gpu-check-direct"
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
-    version = re.search(
-        r"project\(embengine VERSION ([0-9.]+)", (ROOT / "CMakeLists.txt").read_text()
-    )
+    cmake_lists = (ROOT / "CMakeLists.txt").read_text()
+    version = re.search(r"project\(embengine VERSION ([0-9.]+)", cmake_lists)
     defs = [f'-DEMBENGINE_VERSION="{version.group(1) if version else "0"}"']
     incs = ["-Icsrc/include", f"-I{include}", f"-I{sysconfig.get_paths()['include']}"]
     cxx = shutil.which("g++") or "c++"
-    cpu = ["csrc/bindings_native.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
-    run(
-        [
-            cxx,
-            "-O3",
-            "-std=c++17",
-            "-shared",
-            "-fPIC",
-            "-fopenmp",
-            "-fvisibility=hidden",
-            *defs,
-            *incs,
-            *cpu,
-            "-o",
-            str(ROOT / "embengine" / f"_native{suffix}"),
-        ]
-    )
+    flags = ["-O3", "-std=c++17", "-fPIC", "-fvisibility=hidden"]
     number = arch.split("-")[0]
     toolkit = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
     release = re.search(r"release ([0-9.]+)", toolkit)
@@ -341,55 +343,26 @@ def build_direct(arch: str) -> None:
         f'-DEMBENGINE_CUDA_ARCHS="{arch}"',
         f'-DEMBENGINE_CUDA_VERSION="{release.group(1) if release else "?"}"',
     ]
-    objects = []
+    cpu = ["csrc/bindings_native.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
+    native = [cxx, *flags, "-shared", "-fopenmp", *defs, *incs, *cpu, "-o"]
+    native.append(str(dest / f"_native{suffix}"))
+    jobs, objects = [native], []
     for source in sorted(glob.glob("csrc/cuda/*.cu")):
-        obj = out_dir / (Path(source).stem + ".o")
-        run(
-            [
-                nvcc,
-                "-O3",
-                "-std=c++17",
-                "--expt-relaxed-constexpr",
-                "-Xcompiler",
-                "-fPIC",
-                f"-gencode=arch=compute_{number},code=sm_{number}",
-                *cuda_defs,
-                *incs,
-                "-c",
-                source,
-                "-o",
-                str(obj),
-            ]
-        )
-        objects.append(str(obj))
-    binding = out_dir / "bindings_cuda.o"
-    run(
-        [
-            cxx,
-            "-O3",
-            "-std=c++17",
-            "-fPIC",
-            "-fvisibility=hidden",
-            *cuda_defs,
-            *incs,
-            f"-I{Path(nvcc).parent.parent / 'include'}",
-            "-c",
-            "csrc/bindings_cuda.cpp",
-            "-o",
-            str(binding),
-        ]
-    )
-    run(
-        [
-            nvcc,
-            "-shared",
-            *objects,
-            str(binding),
-            "-cudart=static",
-            "-o",
-            str(ROOT / "embengine" / f"_cuda{suffix}"),
-        ]
-    )
+        objects.append(str(out_dir / (Path(source).stem + ".o")))
+        jobs.append(
+            [nvcc, "-O3", "-std=c++17", "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC",
+             f"-gencode=arch=compute_{number},code=sm_{number}", *cuda_defs, *incs, "-c",
+             source, "-o", objects[-1]]
+        )  # fmt: skip
+    objects.append(str(out_dir / "bindings_cuda.o"))
+    jobs.append(  # nvcc compiles host C++ with the CUDA headers on its include path
+        [nvcc, "-O3", "-std=c++17", "-Xcompiler", "-fPIC,-fvisibility=hidden", *cuda_defs,
+         *incs, "-c", "csrc/bindings_cuda.cpp", "-o", objects[-1]]
+    )  # fmt: skip
+    with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+        for done in pool.map(run, jobs):
+            del done
+    run([nvcc, "-shared", *objects, "-cudart=static", "-o", str(dest / f"_cuda{suffix}")])
 
 
 def run(cmd: list[str]) -> None:
@@ -417,18 +390,14 @@ def main() -> None:
     report_preflight(checks)
     missing = [c for c in checks if not c.ok]
     env = test_env(in_place_build_exists())
-    collected_ok, collected = collect(env)
-    lines = [line for line in collected.strip().splitlines() if line.strip()]
-    shown = [x for x in lines if x.startswith(("SKIPPED", "ERROR", "E "))] + lines[-1:]
-    print("gpu-check test collection:", "ok" if collected_ok else "FAILED")
-    print("\n".join(f"  {line}" for line in (shown if collected_ok else lines[-40:])))
+    collected_ok = check_collection(env)
     if any(c.gpu for c in missing):
         reason = next(c.detail for c in missing if c.gpu)
         print(
             f"gpu-check: no usable GPU here ({reason}); nothing built or run (exit {EXIT_NO_GPU})"
         )
         sys.exit(EXIT_NO_GPU)
-    if missing or not collected_ok:
+    if missing or collected_ok is False:
         names = ", ".join(c.name for c in missing) or "test collection"
         print(f"gpu-check: missing {names} (exit {EXIT_MISSING})")
         sys.exit(EXIT_MISSING)
@@ -440,6 +409,9 @@ def main() -> None:
         except subprocess.CalledProcessError as exc:
             print(f"gpu-check: build failed: {exc} (exit {EXIT_BUILD})")
             sys.exit(EXIT_BUILD)
+    if collected_ok is None and not check_collection(test_env(built_in_place=True)):
+        print(f"gpu-check: test collection fails (exit {EXIT_MISSING})")
+        sys.exit(EXIT_MISSING)
     env = test_env(built_in_place=True)
     probe = subprocess.run(
         [
