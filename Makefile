@@ -50,7 +50,7 @@ dev: venv  ## in-place build for quick iteration: then `PYTHONPATH=. .venv/bin/p
 	cp build/dev/_cuda*.so embengine/ 2>/dev/null || true
 
 gpu-check:  ## on a GPU machine (its own Python with CUDA torch, no venv, no network): pre-flight, build, GPU tests + benchmarks -> benchmarks/results/gpu-<card>.md; exit 0 ok, 1 failures, 2 no GPU, 3 missing pieces, 4 build failed
-	$(PYTHON) benchmarks/gpu_check.py
+	$(PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 gpu-bundle: venv  ## on the build machine: the default model (fp16 safetensors) + pybind11 headers -> build/gpu-bundle (under 50 MiB; carry it to the GPU machine)
 	$(BIN)/python benchmarks/gpu_bundle.py

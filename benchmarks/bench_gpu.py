@@ -225,6 +225,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--markdown", type=Path)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--budget-s", type=float, default=360.0, help="skip the sections left after this long"
+    )
     args = parser.parse_args()
     import torch
 
@@ -247,8 +250,12 @@ def main() -> None:
         ("encode", lambda: state.update(bench_encode(t, torch, 20_000 // scale, 3))),
         ("end to end", lambda: bench_end_to_end(t, torch, state["engine"], 100_000 // scale, 3)),
     ]
+    begun = time.perf_counter()
     for name, run in sections:
         started = time.perf_counter()
+        if started - begun > args.budget_s:
+            errors.append(f"{name}: skipped, the {args.budget_s:.0f} s budget was spent")
+            continue
         try:
             result = run()
             if name == "bandwidth":

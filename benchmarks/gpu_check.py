@@ -384,6 +384,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="benchmarks at a tenth of the size")
     parser.add_argument("--no-build", action="store_true", help="use the modules already built")
     parser.add_argument("--preflight-only", action="store_true")
+    parser.add_argument(
+        "--copy-to", type=Path, help="also copy the report, JSON and full test log here ($OUT)"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     checks = preflight()
@@ -481,6 +484,13 @@ def main() -> None:
     out = ROOT / "benchmarks" / "results" / f"gpu-{slug}.md"
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
+    if args.copy_to:
+        args.copy_to.mkdir(parents=True, exist_ok=True)
+        for path in (out, out.with_suffix(".json")):
+            if path.exists():
+                shutil.copy(path, args.copy_to / path.name)
+        log = tests.stdout + tests.stderr + "\n--- benchmarks ---\n" + bench.stdout + bench.stderr
+        (args.copy_to / f"gpu-{slug}.log").write_text(log)
     sys.exit(EXIT_FAILED if tests.returncode or bench.returncode else EXIT_OK)
 
 
