@@ -498,3 +498,26 @@ def test_embed_output_is_checked_and_torch_on_the_cpu_is_a_view(engine: Any) -> 
     assert isinstance(got, torch.Tensor)
     assert engine.last_stats.device_outputs == 0
     np.testing.assert_allclose(got.numpy(), engine.embed(["hello"]), atol=0)
+
+
+# ---- tensor-core products with a half base: float32 queries split into half terms ----
+
+
+@pytest.mark.parametrize(("dtype", "terms"), [("float16", 2), ("bfloat16", 3)])
+def test_split_queries_carry_float32_accuracy(
+    rng: np.random.Generator, dtype: str, terms: int
+) -> None:
+    """Many-query top-k over a float16 / bfloat16 base multiplies on tensor cores: the
+    float32 queries become a sum of half terms whose products with the (exactly half) base
+    add up to float32-accurate scores; rounding the queries once misses the 2e-5 tolerance."""
+    torch = pytest.importorskip("torch")
+    assert similarity.SPLIT_TERMS[dtype] == terms
+    q = torch.from_numpy(unit_rows(rng, 50, 384))
+    base = torch.from_numpy(unit_rows(rng, 300, 384)).to(getattr(torch, dtype))
+    parts = similarity.split_terms(q, getattr(torch, dtype), terms)
+    assert all(p.dtype == getattr(torch, dtype) for p in parts)
+    exact = q.double() @ base.double().T
+    split = sum(p.double() @ base.double().T for p in parts)  # each product exact, as on TCs
+    once = parts[0].double() @ base.double().T
+    assert float((split - exact).abs().max()) < 2e-6
+    assert float((once - exact).abs().max()) > 2e-5  # a plain half matmul misses the tolerance

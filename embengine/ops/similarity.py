@@ -304,6 +304,33 @@ class _Gpu:
     def ptr(self, a: Any) -> int:
         return cuda_array(a).ptr
 
+    def half_parts(self, queries: Any, dtype: str) -> list[Any] | None:
+        """Split float32 queries for tensor-core products with a `dtype` base, or None when
+        this torch cannot multiply half inputs into a float32 output (torch.mm out_dtype),
+        or the queries are too large for float16 (then the base is converted instead)."""
+        if not self.torch or not _mm_out_dtype_works():
+            return None
+        import torch
+
+        if dtype == "float16" and float(queries.abs().max()) >= HALF_SPLIT_MAX:
+            return None
+        return split_terms(queries, getattr(torch, dtype), SPLIT_TERMS[dtype])
+
+    def half_matmul(self, parts: list[Any], block: Any, *, parts_left: bool = True) -> Any:
+        """(sum of parts) @ block.T (or block @ (sum of parts).T) as a contiguous float32
+        tile, each product on tensor cores with the half block read as is."""
+        import torch
+
+        def product(part: Any) -> Any:
+            if parts_left:
+                return torch.mm(part, block.T, out_dtype=torch.float32)
+            return torch.mm(block, part.T, out_dtype=torch.float32)
+
+        tile = product(parts[0])
+        for part in parts[1:]:
+            tile += product(part)
+        return tile
+
     def zero(self, a: Any) -> None:
         a.zero_() if self.torch else a.fill(0)
 
@@ -373,6 +400,23 @@ class _Gpu:
             return GPU_DEFAULT_SMS
 
 
+_MM_OUT_DTYPE: list[bool] = []
+
+
+def _mm_out_dtype_works() -> bool:
+    """Can torch.mm multiply float16 into a float32 result on this GPU? (probed once)"""
+    if not _MM_OUT_DTYPE:
+        try:
+            import torch
+
+            a = torch.ones((2, 8), dtype=torch.float16, device="cuda")
+            ok = torch.mm(a, a.T, out_dtype=torch.float32).dtype == torch.float32
+        except (TypeError, RuntimeError, NotImplementedError):
+            ok = False
+        _MM_OUT_DTYPE.append(ok)
+    return _MM_OUT_DTYPE[0]
+
+
 def topk_cuda(
     q: CudaArray, b: CudaArray, k: int, exclude_self: bool, check_finite: bool = True
 ) -> tuple[Any, Any]:
@@ -409,13 +453,18 @@ def topk_cuda(
         else:
             rows = min(nq, TILE_ROWS)
             cols = min(n, max(1024, GPU_TILE_ELEMENTS // rows))
-            converted = None if base.dtype == "float32" else g.empty((_convert_rows(cols, d), d))
+            half = base.dtype != "float32"
+            parts = g.half_parts(queries.original, base.dtype) if half else None
+            converted = g.empty((_convert_rows(cols, d), d)) if half and parts is None else None
             for b0, b1 in _blocks(n, cols):
                 for c0, c1 in _blocks(b1 - b0, len(converted) if converted is not None else cols):
                     block = base.original[b0 + c0 : b0 + c1]
                     base_tile = block if converted is None else g.f32(block, converted)
                     for q0, q1 in _blocks(nq, rows):
-                        tile = g.matmul(queries.original[q0:q1], base_tile)
+                        if parts is not None:  # tensor cores, the base read as is
+                            tile = g.half_matmul([p[q0:q1] for p in parts], base_tile)
+                        else:
+                            tile = g.matmul(queries.original[q0:q1], base_tile)
                         select(tile, q0, q1, c1 - c0, c1 - c0, b0 + c0, exclude_self, stream)
     if check_finite:
         _require_finite(g.read(not_finite), ("queries", q.original), ("base", b.original))
@@ -423,6 +472,27 @@ def topk_cuda(
         scores[:, :kk] = state_s
         ids[:, :kk] = state_i
     return scores, ids
+
+
+# float32 queries as a sum of float16 / bfloat16 terms: 2 float16 terms carry 22 bits of
+# mantissa, 3 bfloat16 terms 24, so the sum of the terms' products with a half base (exact
+# in a float32 tensor-core accumulator) is as accurate as float32 arithmetic.
+SPLIT_TERMS = {"float16": 2, "bfloat16": 3}
+HALF_SPLIT_MAX = 6.0e4  # float16 overflows at 65504: larger queries take the float32 path
+
+
+def split_terms(q: Any, dtype: Any, terms: int) -> list[Any]:
+    """q (float32) as `terms` arrays of `dtype` whose float32 sum is q to ~24 bits.
+
+    Works for torch tensors (and numpy, for tests): each term is what the previous ones
+    missed, rounded to the half type.
+    """
+    parts, rest = [], q
+    for _ in range(terms):
+        part = rest.to(dtype) if hasattr(rest, "to") else rest.astype(dtype)
+        parts.append(part)
+        rest = rest - (part.float() if hasattr(part, "float") else part.astype("float32"))
+    return parts
 
 
 def _convert_rows(rows: int, d: int) -> int:
@@ -533,9 +603,14 @@ def _centroid_tiles(g: _Gpu, x: CudaArray, c: CudaArray) -> Iterator[tuple[int, 
     """(r0, r1, x[r0:r1] @ c.T) in row blocks, float16 / bfloat16 blocks converted one by one."""
     n, d, nc = x.shape[0], x.shape[1], c.shape[0]
     rows = max(1, min(n, GPU_TILE_ELEMENTS // max(nc, 1), _convert_rows(n, d)))
-    converted = None if x.dtype == "float32" else g.empty((rows, d))
+    half = x.dtype != "float32"
+    parts = g.half_parts(c.original, x.dtype) if half else None
+    converted = g.empty((rows, d)) if half and parts is None else None
     for r0, r1 in _blocks(n, rows):
         block = x.original[r0:r1]
+        if parts is not None:  # tensor cores, x read as is
+            yield r0, r1, g.half_matmul(parts, block, parts_left=False)
+            continue
         block = block if converted is None else g.f32(block, converted)
         yield r0, r1, g.matmul(block, c.original)
 
