@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 EXTRAS ?= test
 PIP := $(BIN)/python -m pip
 
-.PHONY: help venv install demo test lint dev gpu-check clean
+.PHONY: help venv install demo test lint dev gpu-check gpu-bundle clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -49,8 +49,11 @@ dev: venv  ## in-place build for quick iteration: then `PYTHONPATH=. .venv/bin/p
 	cp build/dev/_native*.so embengine/
 	cp build/dev/_cuda*.so embengine/ 2>/dev/null || true
 
-gpu-check:  ## on a GPU machine (Python with torch+CuPy, no venv, no network): build, GPU tests + benchmarks -> benchmarks/results/gpu-<card>.md
-	$(PYTHON) benchmarks/gpu_check.py
+gpu-check:  ## on a GPU machine (its own Python with CUDA torch, no venv, no network): pre-flight, build, GPU tests + benchmarks -> benchmarks/results/gpu-<card>.md; exit 0 ok, 1 failures, 2 no GPU, 3 missing pieces, 4 build failed
+	$(PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
+gpu-bundle: venv  ## on the build machine: the default model (fp16 safetensors) + pybind11 headers -> build/gpu-bundle (under 50 MiB; carry it to the GPU machine)
+	$(BIN)/python benchmarks/gpu_bundle.py
 
 clean:  ## remove build outputs (keeps the venv)
 	rm -rf build embengine/*.so

@@ -39,7 +39,7 @@ void require_c_contiguous(const py::array& a, const char* name) {
           std::string(name) + " must be C-contiguous (use numpy.ascontiguousarray)");
 }
 
-py::array_t<float> mean_pool_normalize(const py::array& states, const py::array& mask,
+py::tuple mean_pool_normalize(const py::array& states, const py::array& mask,
                                        float eps) {
   require(states.ndim() == 3, "states must have shape (batch, tokens, dim), got " +
                                   shape_of(states));
@@ -53,19 +53,20 @@ py::array_t<float> mean_pool_normalize(const py::array& states, const py::array&
   py::array_t<float> out({b, d});
   const auto* m = static_cast<const int32_t*>(mask.data());
   float* o = out.mutable_data();
+  int64_t not_finite = 0;
   if (py::dtype::of<float>().is(states.dtype())) {
     const auto* s = static_cast<const float*>(states.data());
     py::gil_scoped_release release;
-    cpu::mean_pool_normalize_f32(s, m, o, b, t, d, eps);
+    not_finite = cpu::mean_pool_normalize_f32(s, m, o, b, t, d, eps);
   } else if (states.dtype().kind() == 'f' && states.dtype().itemsize() == 2) {
     const auto* s = static_cast<const uint16_t*>(states.data());
     py::gil_scoped_release release;
-    cpu::mean_pool_normalize_f16(s, m, o, b, t, d, eps);
+    not_finite = cpu::mean_pool_normalize_f16(s, m, o, b, t, d, eps);
   } else {
     throw py::value_error("states must be float32 or float16, got " +
                           std::string(py::str(states.dtype())));
   }
-  return out;
+  return py::make_tuple(out, not_finite);
 }
 
 void normalize_rows(py::array& x, float eps) {
@@ -295,6 +296,21 @@ py::tuple bitonic_sort(const py::array& scores, const py::array& ids) {
   return py::make_tuple(to_numpy_1d(s), to_numpy_1d(i));
 }
 
+// The fixed-order dot that pairs_above keeps on the CPU and on the GPU (tests compare it with
+// the CPU's own dot bit for bit).
+py::array_t<float> dot_lanes8_rows(const py::array& a, const py::array& b) {
+  require_matrix(a, "a");
+  require_matrix(b, "b");
+  require(a.shape(0) == b.shape(0) && a.shape(1) == b.shape(1),
+          "a " + shape_of(a) + " and b " + shape_of(b) + " must have one shape");
+  const int64_t n = a.shape(0), d = a.shape(1);
+  py::array_t<float> out(n);
+  const auto* ap = static_cast<const float*>(a.data());
+  const auto* bp = static_cast<const float*>(b.data());
+  for (int64_t i = 0; i < n; ++i) out.mutable_data()[i] = dot_lanes8(ap + i * d, bp + i * d, d);
+  return out;
+}
+
 std::string cpu_simd_level() {
 #if defined(__x86_64__) && defined(__GNUC__)
   __builtin_cpu_init();
@@ -338,7 +354,7 @@ PYBIND11_MODULE(_native, m) {
   m.def("mean_pool_normalize", &mean_pool_normalize, py::arg("states"), py::arg("mask"),
         py::arg("eps"),
         "Masked mean over tokens then L2-normalise: (b, t, d) float32/float16 + (b, t) int32 "
-        "-> (b, d) float32 unit rows (all-padding rows give zeros).");
+        "-> ((b, d) float32 unit rows, rows not finite); all-padding rows give zeros.");
   m.def("normalize_rows", &normalize_rows, py::arg("x"), py::arg("eps"),
         "Scale the rows of a C-contiguous float32 (n, d) array to unit norm, in place.");
   m.def("topk_scan", &topk_scan, py::arg("queries"), py::arg("base"), py::arg("heap_scores"),
@@ -369,5 +385,13 @@ PYBIND11_MODULE(_native, m) {
         "The CUDA top-k merge step on the CPU (tests): best k of two best-first lists.");
   m.def("bitonic_sort", &bitonic_sort, py::arg("scores"), py::arg("ids"),
         "The CUDA block sort on the CPU (tests): best-first by score, then lower id.");
+  m.def("dot_lanes8", &dot_lanes8_rows, py::arg("a"), py::arg("b"),
+        "Row-wise dot of two (n, d) float32 arrays in the fixed order pairs_above keeps "
+        "(shared with the CUDA re-scoring; tests).");
+  m.def("topk_splits", &topk_splits, py::arg("q"), py::arg("m"), py::arg("k"),
+        py::arg("blocks_wanted"), py::arg("min_span"),
+        "How many column splits the GPU top-k uses for q queries over m columns (tests).");
+  m.def("score_is_finite", &score_is_finite, py::arg("score"),
+        "The kernels' test for a score that may rank (tests).");
   m.def("build_info", &build_info, "What this module was compiled with.");
 }

@@ -91,13 +91,41 @@ def cuda_unavailable_reason() -> str:
     if _cuda is None:
         return f"the CUDA kernels were not built ({_cuda_import_error})"
     if _cuda.device_count() == 0:
-        return "no CUDA device is visible"
+        return describe_cuda_status(dict(_cuda.device_status()))
     if not cuda_available():
         cap = _cuda.device_properties(0)["compute_capability"]
         return f"the build's archs {compiled_archs()} cannot run on compute capability {cap}"
     if not _torch_cuda_available():
         return "the installed torch has no CUDA support"
     return ""
+
+
+def _cuda_version(v: int) -> str:
+    return f"{v // 1000}.{v % 1000 // 10}"
+
+
+def describe_cuda_status(status: dict[str, Any]) -> str:
+    """Why cudaGetDeviceCount found no device, from _cuda.device_status(), with the fix.
+
+    No GPU, no driver and a driver too old for the runtime this module links are different
+    problems: each gets its own words (a pure function, so the rule is tested without a GPU).
+    """
+    error, driver, runtime = (
+        status.get("error", ""),
+        status.get("driver", 0),
+        status.get("runtime", 0),
+    )
+    if error in ("", "cudaErrorNoDevice"):
+        return "no CUDA device is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES)"
+    if error == "cudaErrorInsufficientDriver":
+        if not driver:
+            return "no NVIDIA driver is loaded on this machine (no GPU, or libcuda is missing)"
+        return (
+            f"the NVIDIA driver supports CUDA {_cuda_version(driver)}, older than the CUDA "
+            f"{_cuda_version(runtime)} runtime these kernels were built with: update the "
+            "driver, or rebuild with a CUDA toolkit no newer than the driver"
+        )
+    return f"CUDA reports {error}: {status.get('message', '')}"
 
 
 def _torch_cuda_available() -> bool:

@@ -14,6 +14,7 @@ import numpy as np
 from embengine.batching import Chunk, TextTokenizer, stream_batches
 from embengine.device import Device, cuda_unavailable_reason, resolve_device
 from embengine.encoders import Encoder, make_encoder
+from embengine.errors import InvalidInputError
 from embengine.models import ModelSpec, load_model_spec
 from embengine.validation import check_texts
 
@@ -34,6 +35,8 @@ log = logging.getLogger("embengine")
 # backend pays more per call.
 CPU_BATCH_TOKENS = 2048
 CPU_MAX_BATCH_SIZE = 32
+# Engine.embed(output=...): where the vectors come back. On CUDA, torch / cupy stay on the GPU.
+OUTPUTS = ("numpy", "torch", "cupy")
 
 
 @dataclass
@@ -49,6 +52,7 @@ class EmbedStats:
     seconds: float = 0.0
     cache_hits: int = 0  # distinct texts served by the attached EmbeddingStore
     cache_misses: int = 0  # distinct texts the store lacked (encoded, then stored)
+    device_outputs: int = 0  # calls whose vectors stayed on the GPU from encoder to result
 
     def __iadd__(self, other: EmbedStats) -> EmbedStats:
         for f in fields(self):
@@ -127,25 +131,41 @@ class Engine:
             "precision": self.encoder.precision,
             "batch_tokens": self.batch_tokens,
             "max_batch_size": self.max_batch_size,
+            "device_resident_outputs": self._device_resident(),
             **self.encoder.details,
         }
 
     def embed(
-        self, texts: Iterable[str], *, progress: bool = False, cache: bool = True
-    ) -> np.ndarray:
+        self,
+        texts: Iterable[str],
+        *,
+        progress: bool = False,
+        cache: bool = True,
+        output: str = "numpy",
+    ) -> Any:
         """Embed texts: (n, dim) float32 unit rows, in input order.
 
         Identical texts in one call are encoded once. Texts longer than the model's max
         length are truncated and counted in `last_stats.truncated`. With a store attached,
         texts found there are not encoded; new ones are added to it unless cache=False
         (search queries use cache=False: they are read from the store, never added).
+        `output` is "numpy" (default), "torch" or "cupy". On CUDA without a store the pooled
+        batches are gathered on the GPU: torch / cupy results stay there (no host copy; cupy
+        shares the memory through DLPack) and "numpy" is copied to the host once, at the
+        end; `last_stats.device_outputs` is 1 for such a call. With a store attached the
+        vectors pass through the host, where the store lives. On the CPU, "torch" wraps the
+        numpy result without a copy and "cupy" uploads it.
         """
+        if output not in OUTPUTS:
+            raise InvalidInputError(f"output must be one of {OUTPUTS}, got {output!r}")
         started = time.perf_counter()
         items = check_texts(texts)
         unique, inverse = np.unique(np.array(items, dtype=object), return_inverse=True)
         stats = EmbedStats(texts=len(items), unique_texts=len(unique))
+        on_device = self.store is None and self._device_resident()
         if self.store is None:
-            vectors = self._encode(list(unique), stats, progress)
+            vectors = self._encode(list(unique), stats, progress, on_device=on_device)
+            stats.device_outputs = int(on_device)
         else:
             vectors = self._encode_missing(list(unique), stats, progress, cache)
         stats.seconds = time.perf_counter() - started
@@ -158,7 +178,18 @@ class Engine:
             )
         self.last_stats = stats
         self.stats += stats
-        return vectors[inverse.reshape(-1)] if len(items) else vectors
+        if len(items):
+            order = inverse.reshape(-1)
+            if on_device:
+                import torch
+
+                order = torch.as_tensor(order, device=vectors.device)
+            vectors = vectors[order]
+        return _as_output(vectors, output)
+
+    def _device_resident(self) -> bool:
+        """Can embed keep vectors on the GPU? (a CUDA encoder that returns device rows)"""
+        return self.encoder.device is Device.CUDA and hasattr(self.encoder, "encode_device")
 
     def classifier(
         self, examples: Mapping[Hashable, Sequence[str]] | None = None, **options: Any
@@ -254,9 +285,20 @@ class Engine:
         index.attach_engine(self)
         return index.search(check_texts(queries), k, **options)
 
-    def _encode(self, texts: list[str], stats: EmbedStats, progress: bool) -> np.ndarray:
-        """Run the model on distinct texts: (n, dim) unit rows in their order; fills `stats`."""
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+    def _encode(
+        self, texts: list[str], stats: EmbedStats, progress: bool, *, on_device: bool = False
+    ) -> Any:
+        """Run the model on distinct texts: (n, dim) unit rows in their order; fills `stats`.
+
+        on_device: the rows stay where the encoder pooled them (a torch tensor on its device).
+        """
+        if on_device:
+            import torch
+
+            device = self.encoder.torch_device  # type: ignore[attr-defined]
+            out: Any = torch.zeros((len(texts), self.dim), dtype=torch.float32, device=device)
+        else:
+            out = np.zeros((len(texts), self.dim), dtype=np.float32)
         chunks = stream_batches(
             texts,
             self.tokenizer,
@@ -265,7 +307,13 @@ class Engine:
         )
         for chunk in _progress(chunks, progress, len(texts)):
             for batch in chunk.batches:
-                out[batch.indices] = self.encoder.encode(batch.input_ids, batch.attention_mask)
+                if on_device:
+                    rows = torch.as_tensor(batch.indices, device=out.device)
+                    out[rows] = self.encoder.encode_device(  # type: ignore[attr-defined]
+                        batch.input_ids, batch.attention_mask
+                    )
+                else:
+                    out[batch.indices] = self.encoder.encode(batch.input_ids, batch.attention_mask)
                 stats.padded_tokens += batch.input_ids.size
             stats.tokens += chunk.tokens
             stats.truncated += chunk.truncated
@@ -333,6 +381,22 @@ class Engine:
             fields=fields,
             template=template,
         )
+
+
+def _as_output(vectors: Any, output: str) -> Any:
+    """numpy or a (device) torch tensor, in the framework `output` names."""
+    on_host = isinstance(vectors, np.ndarray)
+    if output == "numpy":
+        return vectors if on_host else vectors.cpu().numpy()
+    if output == "torch":
+        if not on_host:
+            return vectors
+        import torch
+
+        return torch.from_numpy(vectors)
+    import cupy
+
+    return cupy.asarray(vectors) if on_host else cupy.from_dlpack(vectors)
 
 
 def _progress(chunks: Iterable[Chunk], enabled: bool, total: int) -> Iterable[Chunk]:

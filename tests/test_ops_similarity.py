@@ -405,3 +405,82 @@ def test_cuda_pairs_match_cpu_and_grow(
     y = near_duplicates(rng, 500, 97)
     got = ops.pairs_above(to_gpu(x, framework), 0.5, y=to_gpu(y, framework))
     assert_pairs_match(tuple(to_host(a) for a in got), reference.pairs_above(x, 0.5, y=y), 0.5)
+
+
+# ---- issue 16: huge k, any layout, non-finite skipping ----
+
+
+def test_huge_k_is_clamped_to_n_or_refused(rng: np.random.Generator, path: str) -> None:
+    """k = 10**9 over 30 rows used to allocate (q, 10**9) heaps and die (issue 16, item 7)."""
+    queries, base = unit_rows(rng, 2, 16), unit_rows(rng, 30, 16)
+    scores, ids = ops.topk_cosine(queries, base, 100_000)  # 2e5 slots: padded, work on 30
+    assert scores.shape == ids.shape == (2, 100_000)
+    want = reference.topk_cosine(queries, base, 30)
+    np.testing.assert_array_equal(ids[:, :30], want[1])
+    assert (ids[:, 30:] == -1).all()
+    assert np.isneginf(scores[:, 30:]).all()
+    with pytest.raises(ValueError, match=r"k=1000000000 for 2 queries .* the base has 30 rows"):
+        ops.topk_cosine(queries, base, 10**9)
+
+
+def test_any_layout_is_accepted(rng: np.random.Generator) -> None:
+    """Fortran-order and strided float32 inputs are copied, never refused (issue 16, item 10)."""
+    queries, base = unit_rows(rng, 3, 24), unit_rows(rng, 50, 24)
+    want = ops.topk_cosine(queries, base, 5)
+    got = ops.topk_cosine(np.asfortranarray(queries), np.asfortranarray(base), 5)
+    np.testing.assert_array_equal(got[1], want[1])
+    got = ops.centroid_distance(np.asfortranarray(base), np.asfortranarray(queries))
+    np.testing.assert_array_equal(got[1], ops.centroid_distance(base, queries)[1])
+    got = ops.pairs_above(np.asfortranarray(base), 0.2)
+    np.testing.assert_array_equal(got[0], ops.pairs_above(base, 0.2)[0])
+
+
+def test_check_finite_false_skips_non_finite_scores(rng: np.random.Generator, path: str) -> None:
+    base = unit_rows(rng, 40, 16)
+    base[7] = np.nan
+    scores, ids = ops.topk_cosine(base[:3], base, 40, check_finite=False)
+    assert not (ids == 7).any()  # NaN never reaches a result
+    assert np.isneginf(scores[:, -1]).all()
+    assert (ids[:, -1] == -1).all()
+    i, j, _ = ops.pairs_above(base, -2.0, check_finite=False)
+    assert not np.isin(7, i)
+    assert not np.isin(7, j)
+    assert len(i) == 39 * 38 // 2
+
+
+# ---- helpers shared with the CUDA kernels ----
+
+
+@pytest.mark.parametrize("d", [1, 3, 8, 97, 384])
+def test_fixed_order_dot_is_the_cpu_dot_bit_for_bit(rng: np.random.Generator, d: int) -> None:
+    """pairs_above keeps dot_lanes8 scores on the GPU; the CPU keeps its own dot: equal bits."""
+    a = rng.standard_normal((200, d)).astype(np.float32)
+    b = rng.standard_normal((200, d)).astype(np.float32)
+    got = _native.dot_lanes8(a, b)
+    cpu = np.array([_native.dot_tile(a[i : i + 1], b[i : i + 1])[0, 0] for i in range(len(a))])
+    np.testing.assert_array_equal(got.view(np.uint32), cpu.astype(np.float32).view(np.uint32))
+    i, j, s = ops.pairs_above(a, -1e9, y=b)  # every pair, re-scored
+    diagonal = i == j
+    np.testing.assert_array_equal(s[diagonal], got[i[diagonal]])
+
+
+def test_score_finiteness_test_of_the_kernels() -> None:
+    for value, finite in [(0.0, True), (-3.4e38, True), (np.inf, False), (-np.inf, False)]:
+        assert _native.score_is_finite(value) is finite
+    assert _native.score_is_finite(np.nan) is False
+
+
+@pytest.mark.parametrize(
+    ("q", "m", "k", "want"),
+    [
+        (1, 1_000_000, 10, 245),  # 1 query over 1M rows: 245 blocks of 4096 columns
+        (16, 1_000_000, 10, 17),  # 16 rows already use 16 blocks
+        (1, 5000, 10, 2),  # narrow: every split keeps >= 4096 columns
+        (1, 1_000_000, 100_000, 3),  # wide k: every split keeps >= 4 k columns
+        (1000, 1_000_000, 10, 1),
+        (3, 10, 5, 1),
+    ],
+)
+def test_gpu_topk_column_splits(q: int, m: int, k: int, want: int) -> None:
+    """Few-query top-k spreads one row's columns over many blocks (defect 4)."""
+    assert _native.topk_splits(q, m, k, 264, 4096) == want

@@ -144,6 +144,18 @@ void dot_tile(const float* a, int64_t na, const T* b, int64_t nb, int64_t d, flo
   dot_tile_generic(a, na, b, nb, d, out, ldo);
 }
 
+// dot_lanes8's order; the AVX2 dot block <1, 1> performs exactly these operations, faster.
+inline float rescore(const float* a, const float* b, int64_t d) {
+#if EMB_HAVE_AVX2_PATH
+  if (kAvx2) {
+    float score;
+    dot_tile_avx2(a, 1, b, 1, d, &score, 1);
+    return score;
+  }
+#endif
+  return dot_lanes8(a, b, d);
+}
+
 template <typename On>
 void scan_candidates(const float* row, int64_t n, const float* bound, On&& on) {
 #if EMB_HAVE_AVX2_PATH
@@ -326,9 +338,9 @@ int64_t pairs_in_tile(const float* tile, int64_t nr, int64_t nc, int64_t ld, con
         return;
       }
       if (c < first) return;
-      // the kept score is the native dot, whose summation order never depends on the tile
-      float score;
-      dot_tile(rows + r * d, 1, cols + c * d, 1, d, &score, 1);
+      // the kept score is the fixed-order dot (dot_lanes8; the AVX2 dot computes exactly
+      // that), whose summation order never depends on the tile: the CUDA path keeps the same
+      const float score = rescore(rows + r * d, cols + c * d, d);
       if (score >= threshold) {
         out->i.push_back(row0 + r);
         out->j.push_back(col0 + c);

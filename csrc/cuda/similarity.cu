@@ -10,41 +10,116 @@ namespace embengine::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kChunk = 1024;  // tile columns sorted per step in shared memory (a power of 2)
+constexpr int kChunk = 1024;        // tile columns sorted per step in shared memory (a power of 2)
+constexpr int kScoreQueries = 8;    // queries scored per pass of dot_scores (held in registers)
+constexpr int kMaxSharedQueryFloats = 8192;  // 32 KiB of queries in shared memory per block
 
 __device__ inline float to_float(float v) { return v; }
 __device__ inline float to_float(__half v) { return __half2float(v); }
 __device__ inline float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 
-// One block per query row. The row's tile is taken kChunk columns at a time: a chunk that
-// cannot beat the current k-th entry is skipped; otherwise it is bitonic-sorted in shared
-// memory and merged with the running list by merge path (one output position per thread),
-// ping-ponging between the state and scratch lists.
-__global__ void topk_merge_kernel(const float* __restrict__ tile, int64_t m, int64_t ld,
-                                  int64_t base_offset, bool exclude_self, int64_t self_offset,
-                                  float* state_s, int64_t* state_i, float* scratch_s,
-                                  int64_t* scratch_i, int64_t k) {
+__device__ inline void count_not_finite(unsigned long long* counter, int64_t n) {
+  if (n != 0 && counter != nullptr) atomicAdd(counter, static_cast<unsigned long long>(n));
+}
+
+// dot_scores: one warp per base row (grid-stride), lanes strided over d, so a row is read once
+// and coalesced at its own width; up to kScoreQueries queries per pass from shared memory.
+template <typename T>
+__global__ void dot_scores_kernel(const float* __restrict__ queries, int64_t q,
+                                  const T* __restrict__ base, int64_t m, int64_t d,
+                                  float* __restrict__ out, int64_t ld, int64_t q_shared) {
+  extern __shared__ float sq[];  // q_shared x d queries
+  const int lane = threadIdx.x % 32;
+  const int64_t warps_per_block = blockDim.x / 32;
+  const int64_t warp0 = static_cast<int64_t>(blockIdx.x) * warps_per_block + threadIdx.x / 32;
+  const int64_t warp_stride = static_cast<int64_t>(gridDim.x) * warps_per_block;
+  for (int64_t q0 = 0; q0 < q; q0 += q_shared) {
+    const int64_t qn = q - q0 < q_shared ? q - q0 : q_shared;
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < qn * d; i += blockDim.x) sq[i] = queries[q0 * d + i];
+    __syncthreads();
+    for (int64_t row = warp0; row < m; row += warp_stride) {
+      const T* br = base + row * d;
+      for (int64_t g = 0; g < qn; g += kScoreQueries) {
+        float acc[kScoreQueries];
+#pragma unroll
+        for (int j = 0; j < kScoreQueries; ++j) acc[j] = 0.0f;
+        for (int64_t p = lane; p < d; p += 32) {
+          const float v = to_float(br[p]);
+#pragma unroll
+          for (int j = 0; j < kScoreQueries; ++j) {
+            if (g + j < qn) acc[j] = fmaf(sq[(g + j) * d + p], v, acc[j]);
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < kScoreQueries; ++j) {
+          if (g + j >= qn) break;  // uniform across the warp: no divergent shuffle
+          float s = acc[j];
+          for (int offset = 16; offset > 0; offset /= 2) s += __shfl_down_sync(0xffffffffu, s, offset);
+          if (lane == 0) out[(q0 + g + j) * ld + row] = s;
+        }
+      }
+    }
+  }
+}
+
+// Top-k selection. Block (s, r) takes columns [s * span, min(m, (s + 1) * span)) of tile row r
+// kChunk at a time: a chunk that cannot beat the current k-th entry is skipped; otherwise it
+// is bitonic-sorted in shared memory and merged with the running list by merge path (one
+// output position per thread), ping-ponging between the list and its scratch.
+__global__ void topk_select_kernel(const float* __restrict__ tile, int64_t m, int64_t ld,
+                                   const int64_t* __restrict__ tile_ids, int64_t base_offset,
+                                   int64_t splits, int64_t span, bool exclude_self,
+                                   int64_t self_offset, float* list_s, int64_t* list_i,
+                                   float* scratch_s, int64_t* scratch_i, int64_t k, bool init,
+                                   unsigned long long* not_finite) {
   __shared__ float cs[kChunk];
   __shared__ int64_t ci[kChunk];
-  const int64_t row = blockIdx.x;
+  const int64_t split = blockIdx.x;
+  const int64_t row = blockIdx.y;
+  const int64_t list = row * splits + split;
   const float* scores = tile + row * ld;
+  const int64_t* ids = tile_ids == nullptr ? nullptr : tile_ids + row * ld;
   const int64_t self_id = exclude_self ? self_offset + row : kNoId;
-  float* cur_s = state_s + row * k;
-  int64_t* cur_i = state_i + row * k;
-  float* nxt_s = scratch_s + row * k;
-  int64_t* nxt_i = scratch_i + row * k;
-
-  for (int64_t c0 = 0; c0 < m; c0 += kChunk) {
+  const int64_t begin = split * span;
+  const int64_t end = begin + span < m ? begin + span : m;
+  float* cur_s = list_s + list * k;
+  int64_t* cur_i = list_i + list * k;
+  float* nxt_s = scratch_s + list * k;
+  int64_t* nxt_i = scratch_i + list * k;
+  if (init) {
+    for (int64_t p = threadIdx.x; p < k; p += blockDim.x) {
+      cur_s[p] = -INFINITY;
+      cur_i[p] = kNoId;
+    }
+    __syncthreads();
+  }
+  int64_t bad = 0;
+  for (int64_t c0 = begin; c0 < end; c0 += kChunk) {
     const float worst_s = cur_s[k - 1];
     const int64_t worst_i = cur_i[k - 1];
     int improves = 0;
     for (int t = threadIdx.x; t < kChunk; t += blockDim.x) {
       const int64_t col = c0 + t;
-      const int64_t id = base_offset + col;
-      const bool real = col < m && id != self_id;
-      cs[t] = real ? scores[col] : -INFINITY;
-      ci[t] = real ? id : kNoId;
-      improves |= ranks_before(cs[t], ci[t], worst_s, worst_i);
+      float s = -INFINITY;
+      int64_t id = kNoId;
+      if (col < end) {
+        s = scores[col];
+        id = ids == nullptr ? base_offset + col : ids[col];
+        if (id == kNoId) {
+          s = -INFINITY;  // an empty slot of a merged list: not a score
+        } else if (!score_is_finite(s)) {
+          ++bad;  // NaN / inf data or overflow: counted, never ranked
+          s = -INFINITY;
+          id = kNoId;
+        } else if (id == self_id) {
+          s = -INFINITY;
+          id = kNoId;
+        }
+      }
+      cs[t] = s;
+      ci[t] = id;
+      improves |= id != kNoId && ranks_before(s, id, worst_s, worst_i);
     }
     if (!__syncthreads_or(improves)) continue;
 
@@ -75,31 +150,59 @@ __global__ void topk_merge_kernel(const float* __restrict__ tile, int64_t m, int
     cur_i = nxt_i;
     nxt_i = ti;
   }
-  if (cur_s != state_s + row * k) {  // an odd number of merges left the list in scratch
+  if (cur_s != list_s + list * k) {  // an odd number of merges left the list in scratch
     for (int64_t p = threadIdx.x; p < k; p += blockDim.x) {
-      state_s[row * k + p] = cur_s[p];
-      state_i[row * k + p] = cur_i[p];
+      list_s[list * k + p] = cur_s[p];
+      list_i[list * k + p] = cur_i[p];
     }
   }
+  count_not_finite(not_finite, bad);
 }
 
+// Pairs: grid (column blocks, rows). The trip count of the column loop is the same for every
+// lane of a block, so each warp can gather its hits with one ballot and one atomicAdd.
 __global__ void pairs_kernel(const float* __restrict__ tile, int64_t nr, int64_t nc, int64_t ld,
-                             int64_t row0, int64_t col0, float threshold, bool upper_only,
-                             int64_t* out_i, int64_t* out_j, float* out_score, int64_t capacity,
-                             unsigned long long* count) {
+                             const float* __restrict__ rows, const float* __restrict__ cols,
+                             int64_t d, int64_t row0, int64_t col0, float threshold,
+                             float candidate, bool upper_only, int64_t* out_i, int64_t* out_j,
+                             float* out_score, int64_t capacity, unsigned long long* count,
+                             unsigned long long* not_finite) {
   const int64_t r = blockIdx.y;
   if (r >= nr) return;
-  for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < nc;
-       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float s = tile[r * ld + c];
-    if (s < threshold || (upper_only && row0 + r >= col0 + c)) continue;
-    const unsigned long long pos = atomicAdd(count, 1ull);
-    if (pos < static_cast<unsigned long long>(capacity)) {
-      out_i[pos] = row0 + r;
-      out_j[pos] = col0 + c;
-      out_score[pos] = s;
+  const int lane = threadIdx.x % 32;
+  const int64_t first = upper_only ? row0 + r + 1 - col0 : 0;  // upper triangle: id j > id i
+  int64_t bad = 0;
+  for (int64_t c0 = static_cast<int64_t>(blockIdx.x) * blockDim.x; c0 < nc;
+       c0 += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t c = c0 + threadIdx.x;
+    bool hit = false;
+    float score = 0.0f;
+    if (c < nc) {
+      const float s = tile[r * ld + c];
+      if (!score_is_finite(s)) {
+        ++bad;
+      } else if (c >= first && s >= candidate) {
+        // the kept score is the fixed-order dot the CPU keeps too (see dot_lanes8)
+        score = dot_lanes8(rows + r * d, cols + c * d, d);
+        hit = score >= threshold;
+      }
+    }
+    const unsigned mask = __ballot_sync(0xffffffffu, hit);
+    if (mask == 0) continue;
+    const int leader = __ffs(mask) - 1;
+    unsigned long long start = 0;
+    if (lane == leader) start = atomicAdd(count, static_cast<unsigned long long>(__popc(mask)));
+    start = __shfl_sync(0xffffffffu, start, leader);
+    if (hit) {
+      const unsigned long long pos = start + __popc(mask & ((1u << lane) - 1u));
+      if (pos < static_cast<unsigned long long>(capacity)) {
+        out_i[pos] = row0 + r;
+        out_j[pos] = col0 + c;
+        out_score[pos] = score;
+      }
     }
   }
+  count_not_finite(not_finite, bad);
 }
 
 // One warp per row of x; the row's dot with each centroid is reduced to lane 0 and broadcast,
@@ -107,20 +210,26 @@ __global__ void pairs_kernel(const float* __restrict__ tile, int64_t nr, int64_t
 template <typename T>
 __global__ void nearest_centroid_kernel(const T* __restrict__ x, int64_t n,
                                         const float* __restrict__ centroids, int64_t c, int64_t d,
-                                        float* best_score, int64_t* best_index) {
+                                        float* best_score, int64_t* best_index,
+                                        unsigned long long* not_finite) {
   const int lane = threadIdx.x % 32;
   const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   if (row >= n) return;
   const T* xr = x + row * d;
   float best = -INFINITY;
-  int64_t arg = 0;
+  int64_t arg = kNoId;
+  bool finite = true;
   for (int64_t j = 0; j < c; ++j) {
     const float* cr = centroids + j * d;
     float s = 0.0f;
     for (int64_t p = lane; p < d; p += 32) s = fmaf(to_float(xr[p]), __ldg(cr + p), s);
     for (int offset = 16; offset > 0; offset /= 2) s += __shfl_down_sync(0xffffffffu, s, offset);
     s = __shfl_sync(0xffffffffu, s, 0);
-    if (j == 0 || s > best) {
+    if (!score_is_finite(s)) {
+      finite = false;
+      continue;
+    }
+    if (ranks_before(s, j, best, arg)) {
       best = s;
       arg = j;
     }
@@ -128,55 +237,140 @@ __global__ void nearest_centroid_kernel(const T* __restrict__ x, int64_t n,
   if (lane == 0) {
     best_score[row] = best;
     best_index[row] = arg;
+    if (!finite) count_not_finite(not_finite, 1);
   }
 }
 
-}  // namespace
-
-void topk_merge_tile(const float* tile, int64_t q, int64_t m, int64_t ld, int64_t base_offset,
-                     bool exclude_self, int64_t self_offset, float* state_scores,
-                     int64_t* state_ids, float* scratch_scores, int64_t* scratch_ids, int64_t k,
-                     cudaStream_t stream) {
-  if (q == 0 || m == 0) return;
-  topk_merge_kernel<<<q, kThreads, 0, stream>>>(tile, m, ld, base_offset, exclude_self,
-                                                self_offset, state_scores, state_ids,
-                                                scratch_scores, scratch_ids, k);
-  check(cudaGetLastError(), "topk_merge_tile");
+// One warp per row of an (n, c) score tile: the best column (lowest on ties).
+__global__ void tile_argmax_kernel(const float* __restrict__ tile, int64_t n, int64_t c,
+                                   int64_t ld, float* best_score, int64_t* best_index,
+                                   unsigned long long* not_finite) {
+  const int lane = threadIdx.x % 32;
+  const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  if (row >= n) return;
+  float best = -INFINITY;
+  int64_t arg = kNoId;
+  int64_t bad = 0;
+  for (int64_t j = lane; j < c; j += 32) {
+    const float s = tile[row * ld + j];
+    if (!score_is_finite(s)) {
+      ++bad;
+    } else if (ranks_before(s, j, best, arg)) {
+      best = s;
+      arg = j;
+    }
+  }
+  for (int offset = 16; offset > 0; offset /= 2) {
+    const float os = __shfl_down_sync(0xffffffffu, best, offset);
+    const int64_t oi = __shfl_down_sync(0xffffffffu, arg, offset);
+    if (ranks_before(os, oi, best, arg)) {
+      best = os;
+      arg = oi;
+    }
+  }
+  if (lane == 0) {
+    best_score[row] = best;
+    best_index[row] = arg;
+  }
+  count_not_finite(not_finite, bad);
 }
 
-void pairs_in_tile(const float* tile, int64_t nr, int64_t nc, int64_t ld, int64_t row0,
-                   int64_t col0, float threshold, bool upper_only, int64_t* out_i,
-                   int64_t* out_j, float* out_score, int64_t capacity,
-                   unsigned long long* count, cudaStream_t stream) {
+int64_t blocks_for_warps(int64_t warps) { return (warps * 32 + kThreads - 1) / kThreads; }
+
+}  // namespace
+
+void dot_scores(const float* queries, int64_t q, const void* base, DType dtype, int64_t m,
+                int64_t d, float* out, int64_t ld, cudaStream_t stream) {
+  if (q == 0 || m == 0 || d == 0) return;
+  clear_stale_error("dot_scores");
+  int64_t q_shared = kMaxSharedQueryFloats / d;
+  if (q_shared < 1) throw std::invalid_argument("dot_scores: dim is too large for the scan path");
+  if (q_shared > q) q_shared = q;
+  const size_t shared = static_cast<size_t>(q_shared * d) * sizeof(float);
+  int64_t blocks = blocks_for_warps(m);
+  if (blocks > 65535) blocks = 65535;  // grid-stride beyond: every SM stays busy
+  switch (dtype) {
+    case DType::f32:
+      dot_scores_kernel<<<blocks, kThreads, shared, stream>>>(
+          queries, q, static_cast<const float*>(base), m, d, out, ld, q_shared);
+      break;
+    case DType::f16:
+      dot_scores_kernel<<<blocks, kThreads, shared, stream>>>(
+          queries, q, static_cast<const __half*>(base), m, d, out, ld, q_shared);
+      break;
+    case DType::bf16:
+      dot_scores_kernel<<<blocks, kThreads, shared, stream>>>(
+          queries, q, static_cast<const __nv_bfloat16*>(base), m, d, out, ld, q_shared);
+      break;
+  }
+  check(cudaGetLastError(), "dot_scores");
+}
+
+void topk_select(const float* tile, int64_t q, int64_t m, int64_t ld, const int64_t* tile_ids,
+                 int64_t base_offset, int64_t splits, int64_t span, bool exclude_self,
+                 int64_t self_offset, float* list_scores, int64_t* list_ids,
+                 float* scratch_scores, int64_t* scratch_ids, int64_t k, bool init,
+                 unsigned long long* not_finite, cudaStream_t stream) {
+  if (q == 0 || m == 0) return;
+  if (q > 65535) throw std::invalid_argument("topk_select: at most 65535 rows per tile");
+  clear_stale_error("topk_select");
+  const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(q));
+  topk_select_kernel<<<grid, kThreads, 0, stream>>>(tile, m, ld, tile_ids, base_offset, splits,
+                                                    span, exclude_self, self_offset,
+                                                    list_scores, list_ids, scratch_scores,
+                                                    scratch_ids, k, init, not_finite);
+  check(cudaGetLastError(), "topk_select");
+}
+
+void pairs_in_tile(const float* tile, int64_t nr, int64_t nc, int64_t ld, const float* rows,
+                   const float* cols, int64_t d, int64_t row0, int64_t col0, float threshold,
+                   float margin, bool upper_only, int64_t* out_i, int64_t* out_j,
+                   float* out_score, int64_t capacity, unsigned long long* count,
+                   unsigned long long* not_finite, cudaStream_t stream) {
   if (nr == 0 || nc == 0) return;
+  if (nr > 65535) throw std::invalid_argument("pairs_in_tile: at most 65535 rows per tile");
+  clear_stale_error("pairs_in_tile");
   const int64_t col_blocks = (nc + kThreads - 1) / kThreads;
   const dim3 grid(static_cast<unsigned>(col_blocks < 64 ? col_blocks : 64),
                   static_cast<unsigned>(nr));
-  pairs_kernel<<<grid, kThreads, 0, stream>>>(tile, nr, nc, ld, row0, col0, threshold,
-                                              upper_only, out_i, out_j, out_score, capacity,
-                                              count);
+  const float candidate = threshold - margin;  // in float, exactly as the CPU computes it
+  pairs_kernel<<<grid, kThreads, 0, stream>>>(tile, nr, nc, ld, rows, cols, d, row0, col0,
+                                              threshold, candidate, upper_only, out_i, out_j,
+                                              out_score, capacity, count, not_finite);
   check(cudaGetLastError(), "pairs_in_tile");
 }
 
 void nearest_centroid(const void* x, DType dtype, int64_t n, const float* centroids, int64_t c,
-                      int64_t d, float* best_score, int64_t* best_index, cudaStream_t stream) {
+                      int64_t d, float* best_score, int64_t* best_index,
+                      unsigned long long* not_finite, cudaStream_t stream) {
   if (n == 0) return;
-  const int64_t blocks = (n * 32 + kThreads - 1) / kThreads;
+  clear_stale_error("nearest_centroid");
+  const int64_t blocks = blocks_for_warps(n);
   switch (dtype) {
     case DType::f32:
       nearest_centroid_kernel<<<blocks, kThreads, 0, stream>>>(
-          static_cast<const float*>(x), n, centroids, c, d, best_score, best_index);
+          static_cast<const float*>(x), n, centroids, c, d, best_score, best_index, not_finite);
       break;
     case DType::f16:
       nearest_centroid_kernel<<<blocks, kThreads, 0, stream>>>(
-          static_cast<const __half*>(x), n, centroids, c, d, best_score, best_index);
+          static_cast<const __half*>(x), n, centroids, c, d, best_score, best_index, not_finite);
       break;
     case DType::bf16:
       nearest_centroid_kernel<<<blocks, kThreads, 0, stream>>>(
-          static_cast<const __nv_bfloat16*>(x), n, centroids, c, d, best_score, best_index);
+          static_cast<const __nv_bfloat16*>(x), n, centroids, c, d, best_score, best_index,
+          not_finite);
       break;
   }
   check(cudaGetLastError(), "nearest_centroid");
+}
+
+void tile_argmax(const float* tile, int64_t n, int64_t c, int64_t ld, float* best_score,
+                 int64_t* best_index, unsigned long long* not_finite, cudaStream_t stream) {
+  if (n == 0 || c == 0) return;
+  clear_stale_error("tile_argmax");
+  tile_argmax_kernel<<<blocks_for_warps(n), kThreads, 0, stream>>>(tile, n, c, ld, best_score,
+                                                                   best_index, not_finite);
+  check(cudaGetLastError(), "tile_argmax");
 }
 
 }  // namespace embengine::cuda

@@ -118,6 +118,7 @@ class OnnxEncoder:
         self._torch: Any = None
         if device is Device.CUDA:
             self._torch = require("torch", "the onnx backend on CUDA (IO binding)")
+            self.torch_device = self._torch.device("cuda", self._torch.cuda.current_device())
 
     @staticmethod
     def _providers(device: Device, precision: str, tensorrt: bool) -> list[Any]:
@@ -145,9 +146,17 @@ class OnnxEncoder:
         return pool(states, attention_mask, self.spec.pooling)
 
     def _encode_cuda(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """IO binding: inputs copied once to the GPU, states stay there for the pooling kernel."""
+        return self.encode_device(input_ids, attention_mask).cpu().numpy()
+
+    def encode_device(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> Any:
+        """IO binding: inputs copied once to the GPU, states stay there for the pooling kernel;
+        the pooled rows come back as a CUDA torch tensor (no host copy). CUDA only."""
         torch = self._torch
-        device = torch.device("cuda", torch.cuda.current_device())
+        if torch is None:
+            from embengine.errors import BackendError
+
+            raise BackendError("encode_device needs the onnx backend on CUDA")
+        device = self.torch_device
         ids = torch.from_numpy(input_ids).to(device)
         mask = torch.from_numpy(attention_mask).to(device)
         b, t = ids.shape
@@ -160,4 +169,4 @@ class OnnxEncoder:
             "states", "cuda", device.index, np.float32, (b, t, self.spec.dim), states.data_ptr()
         )
         self.session.run_with_iobinding(binding)  # synchronises ORT's stream before returning
-        return pool(states, mask, self.spec.pooling).cpu().numpy()
+        return pool(states, mask, self.spec.pooling)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from embengine._optional import require
@@ -34,14 +36,17 @@ class TorchEncoder:
         self.spec = spec
         self.details: dict[str, object] = {"torch": torch.__version__}
         self._torch = torch
-        self._torch_device = torch.device("cuda" if device is Device.CUDA else "cpu")
+        self.torch_device = torch.device("cuda" if device is Device.CUDA else "cpu")
         model = BertEncoder.from_dir(spec.path, spec.config, spec.weights_file)
-        self.model = model.to(self._torch_device, dtype=getattr(torch, PRECISIONS[precision]))
+        self.model = model.to(self.torch_device, dtype=getattr(torch, PRECISIONS[precision]))
 
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        return self.encode_device(input_ids, attention_mask).cpu().numpy()
+
+    def encode_device(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> Any:
+        """Pooled unit rows as a float32 torch tensor where the model runs (no host copy)."""
         torch = self._torch
         with torch.inference_mode():
-            ids = torch.from_numpy(input_ids).to(self._torch_device, non_blocking=True)
-            mask = torch.from_numpy(attention_mask).to(self._torch_device, non_blocking=True)
-            pooled = pool(self.model(ids, mask), mask, self.spec.pooling)
-            return pooled.cpu().numpy()
+            ids = torch.from_numpy(input_ids).to(self.torch_device, non_blocking=True)
+            mask = torch.from_numpy(attention_mask).to(self.torch_device, non_blocking=True)
+            return pool(self.model(ids, mask), mask, self.spec.pooling)

@@ -10,6 +10,7 @@
 // machines without a GPU.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -121,6 +122,42 @@ EMB_HD inline int64_t next_pow2(int64_t n) {
   int64_t p = 1;
   while (p < n) p *= 2;
   return p;
+}
+
+/// The inner product of two float32 rows in one fixed order: eight running lanes of fused
+/// multiply-adds, folded as ((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7)), then the d % 8
+/// tail by fused multiply-add: exactly what the CPU's AVX2 dot does. pairs_above re-scores
+/// its candidates with this order on the CPU and on the GPU, so both keep the same pairs with
+/// bit-equal scores whatever BLAS / cuBLAS computed for the tile that nominated them.
+EMB_HD inline float dot_lanes8(const float* a, const float* b, int64_t d) {
+  float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  int64_t p = 0;
+  for (; p + 8 <= d; p += 8) {
+    for (int l = 0; l < 8; ++l) acc[l] = fmaf(a[p + l], b[p + l], acc[l]);
+  }
+  const float l0 = acc[0] + acc[4], l1 = acc[1] + acc[5];
+  const float l2 = acc[2] + acc[6], l3 = acc[3] + acc[7];
+  float s = (l0 + l1) + (l2 + l3);
+  for (; p < d; ++p) s = fmaf(a[p], b[p], s);
+  return s;
+}
+
+/// True when a score may rank at all: NaN and +-inf come from NaN / inf data or float32
+/// overflow; the kernels skip and count them (they never reach a result) and the caller
+/// raises naming the bad row.
+EMB_HD inline bool score_is_finite(float s) { return s - s == 0.0f; }
+
+/// How many column splits a few-query top-k over m columns spreads across (CPU and GPU use
+/// the same rule): enough blocks to fill `blocks_wanted`, but every split keeps at least
+/// max(min_span, 4 k) columns, so merging the splits' k-lists stays cheap next to the scan.
+EMB_HD inline int64_t topk_splits(int64_t q, int64_t m, int64_t k, int64_t blocks_wanted,
+                                  int64_t min_span) {
+  if (q <= 0 || m <= 0) return 1;
+  const int64_t span = min_span > 4 * k ? min_span : 4 * k;
+  const int64_t by_width = (m + span - 1) / span;
+  const int64_t by_blocks = (blocks_wanted + q - 1) / q;
+  const int64_t splits = by_width < by_blocks ? by_width : by_blocks;
+  return splits > 1 ? splits : 1;
 }
 
 namespace cpu {

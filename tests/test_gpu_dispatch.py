@@ -1,0 +1,523 @@
+"""The GPU path's logic on the CPU: dispatch, empty inputs, tiling, splits, counters.
+
+No GPU runs here. `FakeDeviceArray` is host memory that exposes __cuda_array_interface__
+(so the ops dispatch it to the CUDA path), and `FakeKernels` does what each CUDA kernel
+does, in numpy, on the raw addresses the driver hands it (pairs re-score with the very
+helper the CUDA kernel calls, _native.dot_lanes8). What this checks is the Python driver
+(embengine/ops/similarity.py): which kernel runs, with which pointers and sizes, how tiles
+and column splits are cut and merged, that float16 data is never converted whole, that empty
+inputs never reach a kernel, and that the non-finite counter is read once per call. The
+kernels themselves are checked against the CPU by the gpu-marked tests.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+import numpy as np
+import pytest
+
+from embengine import _native, ops
+from embengine.device import Device, describe_cuda_status
+from embengine.ops import reference, similarity
+from embengine.ops._arrays import CudaArray, cuda_array, is_cuda_array
+
+# ---- fakes ----
+
+
+class _FakeDevice:
+    def __init__(self, index: int) -> None:
+        self.id = index
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class FakeDeviceArray(np.ndarray):
+    """Host memory posing as a CuPy array on GPU `gpu` (0 unless set)."""
+
+    gpu = 0
+
+    @property
+    def __cuda_array_interface__(self) -> dict[str, Any]:
+        address = self.__array_interface__["data"][0] if self.size else 0  # as CuPy: 0 if empty
+        strides = None if self.flags.c_contiguous else self.strides
+        return {"shape": self.shape, "typestr": self.dtype.str, "data": (address, False),
+                "strides": strides, "version": 3}  # fmt: skip
+
+    @property
+    def device(self) -> _FakeDevice:
+        return _FakeDevice(self.gpu)
+
+
+def dev(a: np.ndarray, gpu: int = 0) -> FakeDeviceArray:
+    out = np.ascontiguousarray(a).view(FakeDeviceArray)
+    out.gpu = gpu
+    return out
+
+
+_CTYPES = {"float32": ctypes.c_float, "float16": ctypes.c_uint16, "int64": ctypes.c_int64}
+_CODES = {0: "float32", 1: "float16"}
+
+
+def view(address: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The memory at a raw address as numpy: what a kernel sees through its pointer."""
+    assert address != 0, "a kernel was handed a null pointer"
+    count = int(np.prod(shape))
+    raw = np.ctypeslib.as_array((_CTYPES[dtype] * count).from_address(address))
+    return raw.view(np.float16 if dtype == "float16" else raw.dtype).reshape(shape)
+
+
+def best_first(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.lexsort((ids.astype(np.uint64), -scores))[:k]
+    s = np.full(k, -np.inf, np.float32)
+    i = np.full(k, -1, np.int64)
+    s[: len(order)], i[: len(order)] = scores[order], ids[order]
+    return s, i
+
+
+class FakeKernels:
+    """numpy twins of the CUDA kernels, addressed by raw pointers like the real ones."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def device_properties(self, device: int) -> dict[str, int]:
+        return {"multiprocessors": 132}
+
+    def dot_scores(self, q, nq, base, dtype, n, d, out, ld, stream) -> None:  # type: ignore[no-untyped-def]
+        self.calls.append("dot_scores")
+        queries = view(q, "float32", (nq, d))
+        rows = view(base, _CODES[dtype], (n, d)).astype(np.float32)
+        with np.errstate(all="ignore"):
+            view(out, "float32", (nq, ld))[:, :n] = queries @ rows.T
+
+    def topk_select(  # type: ignore[no-untyped-def]
+        self, tile, q, m, ld, tile_ids, base_offset, splits, span, exclude_self, self_offset,
+        ls, li, ss, si, k, init, not_finite, stream,
+    ) -> None:  # fmt: skip
+        self.calls.append(f"topk_select(splits={splits}, init={init})")
+        assert splits * span >= m
+        scores = view(tile, "float32", (q, ld))[:, :m]
+        ids = (
+            view(tile_ids, "int64", (q, ld))[:, :m]
+            if tile_ids
+            else np.broadcast_to(base_offset + np.arange(m), (q, m))
+        )
+        lists_s = view(ls, "float32", (q * splits, k))
+        lists_i = view(li, "int64", (q * splits, k))
+        bad = 0
+        for r in range(q):
+            for s in range(splits):
+                cols = slice(s * span, min(m, (s + 1) * span))
+                sc, idx = scores[r, cols], ids[r, cols]
+                real = idx != -1
+                finite = np.isfinite(sc)
+                bad += int((real & ~finite).sum())
+                keep = real & finite
+                if exclude_self:
+                    keep &= idx != self_offset + r
+                row = r * splits + s
+                old_s = np.empty(0, np.float32) if init else lists_s[row]
+                old_i = np.empty(0, np.int64) if init else lists_i[row]
+                lists_s[row], lists_i[row] = best_first(
+                    np.concatenate([old_s, sc[keep]]), np.concatenate([old_i, idx[keep]]), k
+                )
+        if not_finite:
+            view(not_finite, "int64", (1,))[0] += bad
+
+    def pairs_in_tile(  # type: ignore[no-untyped-def]
+        self, tile, nr, nc, ld, rows, cols, d, row0, col0, threshold, margin, upper_only,
+        out_i, out_j, out_s, capacity, count, not_finite, stream,
+    ) -> None:  # fmt: skip
+        self.calls.append("pairs_in_tile")
+        t = view(tile, "float32", (nr, ld))[:, :nc]
+        a, b = view(rows, "float32", (nr, d)), view(cols, "float32", (nc, d))
+        candidate = np.float32(threshold) - np.float32(margin)
+        counter = view(count, "int64", (1,))
+        bad = int((~np.isfinite(t)).sum())
+        for r, c in np.argwhere(np.isfinite(t) & (t >= candidate)):
+            if upper_only and row0 + r >= col0 + c:
+                continue
+            score = _native.dot_lanes8(a[r : r + 1], b[c : c + 1])[0]
+            if score >= np.float32(threshold):
+                pos = int(counter[0])
+                if pos < capacity:
+                    view(out_i, "int64", (capacity,))[pos] = row0 + r
+                    view(out_j, "int64", (capacity,))[pos] = col0 + c
+                    view(out_s, "float32", (capacity,))[pos] = score
+                counter[0] += 1
+        if not_finite:
+            view(not_finite, "int64", (1,))[0] += bad
+
+    def nearest_centroid(self, x, dtype, n, c, nc, d, best, index, not_finite, stream) -> None:  # type: ignore[no-untyped-def]
+        self.calls.append("nearest_centroid")
+        scores = view(x, _CODES[dtype], (n, d)).astype(np.float32) @ view(c, "float32", (nc, d)).T
+        self._argmax(scores, view(best, "float32", (n,)), view(index, "int64", (n,)), not_finite)
+
+    def tile_argmax(self, tile, n, c, ld, best, index, not_finite, stream) -> None:  # type: ignore[no-untyped-def]
+        self.calls.append("tile_argmax")
+        scores = view(tile, "float32", (n, ld))[:, :c]
+        self._argmax(scores, view(best, "float32", (n,)), view(index, "int64", (n,)), not_finite)
+
+    @staticmethod
+    def _argmax(scores: np.ndarray, best: np.ndarray, index: np.ndarray, nf: int) -> None:
+        finite = np.where(np.isfinite(scores), scores, -np.inf)
+        index[:] = np.argmax(finite, axis=1)
+        best[:] = finite[np.arange(len(scores)), index]
+        if nf:
+            view(nf, "int64", (1,))[0] += int((~np.isfinite(scores)).sum())
+
+
+class NumpyGpu(similarity._Gpu):
+    """similarity._Gpu on host memory: framework calls in numpy, kernels from FakeKernels."""
+
+    kernels_in_use = FakeKernels()
+    converted: list[int] = []  # noqa: RUF012 -- elements converted to float32 per call of f32
+    reads = 0
+
+    def __init__(self, like: CudaArray) -> None:
+        self.like, self.torch = like, False
+        self.kernels = NumpyGpu.kernels_in_use
+
+    def full(self, shape: tuple[int, ...], value: float, dtype: str) -> Any:
+        return dev(np.full(shape, value, dtype=dtype))
+
+    def empty(self, shape: tuple[int, ...], dtype: str = "float32") -> Any:
+        return dev(np.empty(shape, dtype=dtype))
+
+    def f32(self, block: Any, buffer: Any) -> Any:
+        if block.dtype != np.float32:
+            NumpyGpu.converted.append(block.size)
+        return super().f32(block, buffer)
+
+    def copy_into(self, out: Any, block: Any) -> None:
+        np.copyto(out, block, casting="unsafe")
+
+    def matmul(self, a: Any, b: Any) -> Any:
+        with np.errstate(all="ignore"):
+            return dev(np.asarray(a) @ np.asarray(b).T)
+
+    def read(self, counter: Any) -> int:
+        NumpyGpu.reads += 1
+        return int(counter[0])
+
+    def copy(self, a: Any) -> Any:
+        return dev(np.array(a))
+
+    def concat(self, parts: list[Any]) -> Any:
+        return dev(np.concatenate([np.asarray(p) for p in parts]))
+
+    def argsort(self, key: Any) -> Any:
+        return np.argsort(np.asarray(key), kind="stable")
+
+    def max_row_norm(self, x: Any) -> float:
+        norms = np.linalg.norm(np.asarray(x, dtype=np.float64), axis=1)
+        norms = norms[np.isfinite(norms)]
+        return float(norms.max()) if len(norms) else 0.0
+
+    def tf32(self) -> bool:
+        return False
+
+    def count_not_finite(self, a: Any) -> int:
+        return int((~np.isfinite(np.asarray(a))).sum())
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> FakeKernels:
+    kernels = FakeKernels()
+    monkeypatch.setattr(NumpyGpu, "kernels_in_use", kernels)
+    monkeypatch.setattr(NumpyGpu, "converted", [])
+    monkeypatch.setattr(NumpyGpu, "reads", 0)
+    monkeypatch.setattr(similarity, "_Gpu", NumpyGpu)
+    monkeypatch.setattr(CudaArray, "stream", lambda self: 0)
+    return kernels
+
+
+def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def host(a: Any) -> np.ndarray:
+    return np.asarray(a).view(np.ndarray)
+
+
+# ---- dispatch ----
+
+
+def test_device_arrays_take_the_cuda_path_and_mixed_ones_are_refused(
+    rng: np.random.Generator,
+) -> None:
+    x = unit_rows(rng, 5, 8)
+    assert is_cuda_array(dev(x))
+    assert not is_cuda_array(x)
+    with pytest.raises(ValueError, match="must both be on the GPU or both on the CPU"):
+        ops.topk_cosine(dev(x), x, 2)
+    with pytest.raises(ValueError, match="one GPU: queries on cuda:0, base on cuda:1"):
+        ops.topk_cosine(dev(x), dev(x, gpu=1), 2)
+
+
+def test_a_grad_tensor_on_the_cpu_is_detached_not_refused(rng: np.random.Generator) -> None:
+    torch = pytest.importorskip("torch")
+    x = torch.from_numpy(unit_rows(rng, 6, 8)).requires_grad_()
+    _scores, ids = ops.topk_cosine(x, x, 2)
+    assert isinstance(ids, torch.Tensor)
+    assert (ids[:, 0] == torch.arange(6)).all()
+
+
+def test_a_tensor_on_another_device_is_named(rng: np.random.Generator) -> None:
+    torch = pytest.importorskip("torch")
+    meta = torch.empty((3, 8), device="meta")
+    with pytest.raises(ValueError, match="queries is a torch tensor on meta"):
+        ops.topk_cosine(meta, meta, 1)
+
+
+def test_cuda_array_reads_the_interface_without_touching_memory() -> None:
+    a = cuda_array(dev(np.zeros((0, 8), np.float32)))
+    assert (a.ptr, a.shape, a.dtype, a.contiguous) == (0, (0, 8), "float32", True)
+    strided = cuda_array(dev(np.zeros((4, 8), np.float32))[:, ::2])
+    assert not strided.contiguous
+
+
+# ---- empty inputs never reach a kernel (defect 3) ----
+
+
+def test_empty_inputs_give_empty_results_on_the_gpu_path(
+    fake_gpu: FakeKernels, rng: np.random.Generator
+) -> None:
+    empty, some = dev(np.zeros((0, 8), np.float32)), dev(unit_rows(rng, 5, 8))
+    scores, ids = ops.topk_cosine(empty, some, 3)
+    assert host(scores).shape == host(ids).shape == (0, 3)
+    scores, ids = ops.topk_cosine(some, empty, 3)
+    assert (host(ids) == -1).all()
+    assert np.isneginf(host(scores)).all()
+    dist, nearest = ops.centroid_distance(empty, some)
+    assert host(dist).shape == host(nearest).shape == (0,)
+    assert host(ops.centroid_distances(empty, some)).shape == (0, 5)
+    i, j, s = ops.pairs_above(empty, 0.5)
+    assert host(i).shape == host(j).shape == host(s).shape == (0,)
+    assert all(len(host(a)) == 0 for a in ops.pairs_above(some, 0.5, y=empty))
+    assert fake_gpu.calls == []  # no kernel saw an empty array's (null) pointer
+
+
+# ---- top-k: splits, paths, float16 read as is, counters (defects 1, 2, 4) ----
+
+
+@pytest.mark.parametrize(
+    ("q", "n", "k", "dtype"),
+    [
+        (1, 20_000, 10, np.float32),  # few queries: scan + column splits
+        (3, 20_000, 7, np.float16),  # float16 base read as is
+        (40, 3000, 25, np.float32),  # many queries: cuBLAS tiles
+        (40, 3000, 25, np.float16),  # float16 base converted one bounded block at a time
+        (2, 30, 100, np.float32),  # k > n: work clamped to n, sentinels after
+    ],
+)
+def test_gpu_topk_driver_matches_reference(
+    fake_gpu: FakeKernels,
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
+    q: int,
+    n: int,
+    k: int,
+    dtype: type,
+) -> None:
+    monkeypatch.setattr(similarity, "GPU_CONVERT_ELEMENTS", 64 * 97)  # many small blocks
+    queries, base = unit_rows(rng, q, 97), unit_rows(rng, n, 97).astype(dtype)
+    scores, ids = ops.topk_cosine(dev(queries), dev(base), k)
+    want = reference.topk_cosine(queries, base.astype(np.float32), k)
+    np.testing.assert_allclose(host(scores), want[0], atol=2e-5)
+    np.testing.assert_array_equal(host(ids) == -1, want[1] == -1)
+    assert (host(ids)[:, : min(k, n)] == want[1][:, : min(k, n)]).mean() > 0.99
+    assert NumpyGpu.reads == 1  # the non-finite counter: one read for the whole call
+    if q <= similarity.GPU_SCAN_MAX_QUERIES:
+        assert "dot_scores" in fake_gpu.calls
+        assert NumpyGpu.converted == []  # the scan reads float16 as is
+    else:
+        assert "dot_scores" not in fake_gpu.calls
+        assert max(NumpyGpu.converted, default=0) <= 64 * 97  # never the whole base
+    if n >= 20_000:
+        assert any("splits=" in c and "splits=1," not in c for c in fake_gpu.calls)
+
+
+def test_gpu_topk_exclude_self_and_ties(fake_gpu: FakeKernels, rng: np.random.Generator) -> None:
+    base = rng.integers(-2, 3, size=(300, 5)).astype(np.float32)
+    base = np.concatenate([base, base])  # exact ties: the lower id first
+    for q in (4, 40):
+        scores, ids = ops.topk_cosine(dev(base[:q]), dev(base), 9, exclude_self=True)
+        want = reference.topk_cosine(base[:q], base, 9, exclude_self=True)
+        np.testing.assert_array_equal(host(ids), want[1])
+        np.testing.assert_array_equal(host(scores), want[0])
+
+
+def test_gpu_non_finite_rows_raise_or_are_skipped(
+    fake_gpu: FakeKernels, rng: np.random.Generator
+) -> None:
+    base = unit_rows(rng, 5000, 16)
+    base[1234, 3] = np.nan
+    with pytest.raises(ValueError, match=r"base has NaN or inf values \(first in row 1234"):
+        ops.topk_cosine(dev(base[:2]), dev(base), 5)
+    scores, ids = ops.topk_cosine(dev(base[:2]), dev(base), 5000, check_finite=False)
+    assert 1234 not in host(ids)  # NaN never reaches a result
+    assert np.isfinite(host(scores)[:, :4999]).all()
+    queries = unit_rows(rng, 2, 16)
+    queries[1, 0] = np.inf
+    with pytest.raises(ValueError, match=r"queries has NaN or inf values \(first in row 1"):
+        ops.topk_cosine(dev(queries), dev(unit_rows(rng, 50, 16)), 5)
+
+
+# ---- centroid distance (defect 5) ----
+
+
+@pytest.mark.parametrize(("c", "kernel"), [(5, "nearest_centroid"), (100, "tile_argmax")])
+def test_gpu_centroid_path_switches_to_a_matrix_product(
+    fake_gpu: FakeKernels, rng: np.random.Generator, c: int, kernel: str
+) -> None:
+    x, centroids = unit_rows(rng, 700, 33).astype(np.float16), unit_rows(rng, c, 33)
+    dist, nearest = ops.centroid_distance(dev(x), dev(centroids))
+    want = reference.centroid_distance(x.astype(np.float32), centroids)
+    np.testing.assert_allclose(host(dist), want[0], atol=2e-5)
+    assert (host(nearest) == want[1]).mean() > 0.99
+    assert set(fake_gpu.calls) == {kernel}
+    full = ops.centroid_distances(dev(x), dev(centroids))
+    np.testing.assert_allclose(
+        host(full), reference.centroid_distances(x.astype(np.float32), centroids), atol=2e-5
+    )
+
+
+# ---- pairs (defect 6) ----
+
+
+def test_gpu_pairs_equal_the_cpu_pairs_bit_for_bit(
+    fake_gpu: FakeKernels, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(similarity, "GPU_PAIRS_CAPACITY", 8)  # the buffers must grow
+    centres = unit_rows(rng, 50, 64)
+    x = centres[rng.integers(0, 50, 600)] + 0.05 * rng.standard_normal((600, 64))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    for threshold in (0.9, 0.5):
+        got = ops.pairs_above(dev(x), threshold)
+        want = ops.pairs_above(x, threshold)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(host(g), w)
+    y = x[:77] * 1.5
+    got = ops.pairs_above(dev(x), 1.2, y=dev(y))
+    for g, w in zip(got, ops.pairs_above(x, 1.2, y=y), strict=True):
+        np.testing.assert_array_equal(host(g), w)
+
+
+def test_gpu_pairs_margin_is_wider_with_tf32() -> None:
+    plain = similarity.rounding_margin(384, 1.0, 1.0)
+    assert 0 < plain < 1e-4
+    assert similarity.rounding_margin(384, 1.0, 1.0, tf32=True) > 1e-3  # 10-bit inputs
+
+
+# ---- the device status words (defect 7) ----
+
+
+@pytest.mark.parametrize(
+    ("status", "words"),
+    [
+        ({"error": "cudaErrorNoDevice"}, "no CUDA device is visible"),
+        (
+            {"error": "cudaErrorInsufficientDriver", "driver": 0, "runtime": 13000},
+            "no NVIDIA driver is loaded",
+        ),
+        (
+            {"error": "cudaErrorInsufficientDriver", "driver": 12040, "runtime": 13000},
+            "driver supports CUDA 12.4, older than the CUDA 13.0 runtime",
+        ),
+        (
+            {"error": "cudaErrorDevicesUnavailable", "message": "busy"},
+            "cudaErrorDevicesUnavailable",
+        ),
+    ],
+)
+def test_why_no_cuda_device_is_said_precisely(status: dict[str, Any], words: str) -> None:
+    assert words in describe_cuda_status(status)
+
+
+# ---- Engine.embed(output=...): the device-resident path is chosen on CUDA ----
+
+
+class FakeCudaEncoder:
+    """The session's CPU encoder posing as a CUDA one: rows come back as torch tensors."""
+
+    def __init__(self, real: Any) -> None:
+        import torch
+
+        self.real, self.name, self.precision = real, real.name, real.precision
+        self.device, self.details = Device.CUDA, dict(real.details)
+        self.torch_device = torch.device("cpu")  # where a CUDA encoder would say "cuda:0"
+        self.device_batches = 0
+
+    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        raise AssertionError("the host path was taken on a CUDA engine")
+
+    def encode_device(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> Any:
+        import torch
+
+        self.device_batches += 1
+        return torch.from_numpy(self.real.encode(input_ids, attention_mask))
+
+
+def test_embed_keeps_vectors_on_the_device_when_the_engine_is_on_cuda(
+    engine: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch = pytest.importorskip("torch")
+    texts = ["a red car", "the cat sat", "a red car", "rain tomorrow"]
+    want = engine.embed(texts)
+    assert engine.last_stats.device_outputs == 0
+    assert engine.describe()["device_resident_outputs"] is False
+    fake = FakeCudaEncoder(engine.encoder)
+    monkeypatch.setattr(engine, "encoder", fake)
+    monkeypatch.setattr(engine, "store", None)
+    got = engine.embed(texts, output="torch")
+    assert isinstance(got, torch.Tensor)
+    assert fake.device_batches >= 1
+    assert engine.last_stats.device_outputs == 1
+    assert engine.describe()["device_resident_outputs"] is True
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-6)
+    as_numpy = engine.embed(texts)  # numpy on CUDA: the same device path, one copy at the end
+    assert isinstance(as_numpy, np.ndarray)
+    assert engine.last_stats.device_outputs == 1
+    np.testing.assert_allclose(as_numpy, want, atol=1e-6)
+    assert engine.embed([], output="torch").shape == (0, engine.dim)
+
+
+def test_embed_output_is_checked_and_torch_on_the_cpu_is_a_view(engine: Any) -> None:
+    torch = pytest.importorskip("torch")
+    with pytest.raises(ValueError, match="output must be one of"):
+        engine.embed(["x"], output="jax")
+    got = engine.embed(["hello"], output="torch")
+    assert isinstance(got, torch.Tensor)
+    assert engine.last_stats.device_outputs == 0
+    np.testing.assert_allclose(got.numpy(), engine.embed(["hello"]), atol=0)
+
+
+# ---- tensor-core products with a half base: float32 queries split into half terms ----
+
+
+@pytest.mark.parametrize(("dtype", "terms"), [("float16", 2), ("bfloat16", 3)])
+def test_split_queries_carry_float32_accuracy(
+    rng: np.random.Generator, dtype: str, terms: int
+) -> None:
+    """Many-query top-k over a float16 / bfloat16 base multiplies on tensor cores: the
+    float32 queries become a sum of half terms whose products with the (exactly half) base
+    add up to float32-accurate scores; rounding the queries once misses the 2e-5 tolerance."""
+    torch = pytest.importorskip("torch")
+    assert similarity.SPLIT_TERMS[dtype] == terms
+    q = torch.from_numpy(unit_rows(rng, 50, 384))
+    base = torch.from_numpy(unit_rows(rng, 300, 384)).to(getattr(torch, dtype))
+    parts = similarity.split_terms(q, getattr(torch, dtype), terms)
+    assert all(p.dtype == getattr(torch, dtype) for p in parts)
+    exact = q.double() @ base.double().T
+    split = sum(p.double() @ base.double().T for p in parts)  # each product exact, as on TCs
+    once = parts[0].double() @ base.double().T
+    assert float((split - exact).abs().max()) < 2e-6
+    assert float((once - exact).abs().max()) > 2e-5  # a plain half matmul misses the tolerance
