@@ -328,7 +328,6 @@ ERRORS = [
     pytest.param(
         lambda e: _classifier(e).predict_vectors(np.zeros((1, 3), np.float32)),
         id="classifier-wrong-dim",
-        marks=pending("classmatch", "raises InvalidInputError for a wrong vector dim"),
     ),
     pytest.param(
         lambda e: e.anomaly_detector(window=1),
