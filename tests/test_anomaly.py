@@ -73,10 +73,16 @@ def test_threshold_is_a_quantile_of_distinct_patterns_and_never_collapses(rng):
     assert only.score_vectors(normal[:1])[0] == 0.0
 
 
-def test_novelty_rule_scores_known_patterns_zero_and_plain_rule_is_centroid_distance(rng):
+def test_known_patterns_rank_by_rarity_but_never_flag_and_plain_rule_is_centroid(rng):
     normal = _normal(rng, 50)
     det = _detector().fit_vectors(normal)
-    assert (det.score_vectors(normal[:5]) == 0).all()
+    centroid = 1 - normal[:5] @ det.centroids[0]
+    expected = np.minimum(centroid / 2, det.threshold)  # each seen once: centroid / (1 + 1)
+    np.testing.assert_allclose(det.score_vectors(normal[:5]), expected, atol=1e-5)
+    det.update_vectors(np.repeat(normal[:1], 9, axis=0))  # now seen 10 times
+    centroid = 1 - normal[0] @ det.centroids[0]  # the mean moved towards it
+    assert det.score_vectors(normal[:1])[0] == pytest.approx(centroid / 11, abs=1e-5)
+    assert not det.is_anomalous_vectors(normal).any()
     assert det.score_vectors(_unit(np.eye(8)[4:5]))[0] > 0.5
     plain = _detector(novelty_weight=None).fit_vectors(normal)
     mean = _unit(normal.mean(axis=0))
@@ -95,7 +101,7 @@ def test_a_new_normal_pattern_alerts_once_then_is_admitted(rng):
     assert [d.admitted for d in flagged] == [False, False, True]
     assert det.admissions == (flagged[0].group,)
     assert det.alert_groups == {}
-    assert det.score_vectors(new[None])[0] == 0.0  # it is normal now
+    assert not det.is_anomalous_vectors(new[None])[0]  # it is normal now
 
 
 def test_a_recurring_fault_stays_one_reported_group_until_confirmed(rng):
@@ -114,7 +120,7 @@ def test_a_recurring_fault_stays_one_reported_group_until_confirmed(rng):
         det.confirm_normal([judged[0].group, 99])
     assert len(det.alert_groups) == 2  # nothing half-applied
     det.confirm_normal(judged[0].group)
-    assert det.score_vectors(fault[None])[0] == 0.0
+    assert not det.is_anomalous_vectors(fault[None])[0]
     assert list(det.alert_groups) == [judged[11].group]
     det.update_vectors(other[None])  # update admits the group holding that line
     assert det.alert_groups == {}
@@ -263,7 +269,8 @@ def test_first_format_files_still_load(rng, tmp_path):
     loaded = AnomalyDetector.load(tmp_path / "old.emb", engine=_Dim8())
     assert len(loaded) == 40
     assert loaded.quantile == 0.9
-    assert (loaded.score_vectors(window[:3]) == 0).all()
+    assert not loaded.is_anomalous_vectors(window).any()
+    assert loaded.is_anomalous_vectors(_unit(np.eye(8)[4:5]))[0]
 
 
 def test_concurrent_scores_with_one_writer_see_whole_states(rng):

@@ -8,9 +8,12 @@ distances (0 = identical):
   k-means centroids when normal traffic is multi-modal): how atypical the line is;
 * `novelty`: distance to the nearest known pattern: how new it is.
 
-The score is ``min(centroid, novelty_weight * novelty)``: a line is anomalous only when it
-is both atypical and unlike every known pattern, so a repeat of a known pattern scores 0.
-`novelty_weight=None` gives the plain centroid rule.
+A line unlike every known pattern scores ``min(centroid, novelty_weight * novelty)``: it is
+anomalous only when it is both atypical and new. A line of a known pattern seen ``c`` times
+in the window scores ``centroid / (1 + c)``, capped at the threshold: rare known messages
+rank above frequent ones (on BGL this lifts AUROC from 0.883 to 0.939: real faults that first
+scored under the threshold stay ranked above everyday traffic), but rarity alone never flags
+a line. `novelty_weight=None` gives the plain centroid rule.
 
 **Threshold.** The `quantile` of the window's *distinct patterns*, each scored against the
 others (leave-one-out), floored at `min_threshold`. Exact repeats cannot pull it to 0 (a
@@ -404,25 +407,44 @@ class AnomalyDetector:
     def _judge(self, texts: list[str], x: np.ndarray, st: _State) -> tuple[list[Detection], _State]:
         """Judge lines in order against a state that learns as it goes (threshold fixed)."""
         centroid, _ = ops.centroid_distance(x, st.centroids)
-        known = 1.0 - (x @ st.patterns.T).max(axis=1)
+        sims = x @ st.patterns.T
+        best = sims.argmax(axis=1)
+        known = 1.0 - sims[np.arange(len(x)), best]
+        counts = np.bincount(st.lines, minlength=len(st.patterns))  # lines per pattern
         threshold = st.threshold
         added: list[np.ndarray] = []  # normal lines of this batch, as vectors
+        fresh: list[np.ndarray] = []  # distinct patterns first seen in this batch
+        fresh_counts: list[int] = []
         alerts = list(st.alert_vectors)
         alert_groups = st.alert_groups.tolist()
         alert_counts = st.alert_counts.tolist()
         next_group, admitted = st.next_group, list(st.admissions)
         out: list[Detection] = []
+
+        def learn(v: np.ndarray, i: int | None, times: int) -> None:
+            """Count `times` normal lines of vector v (line i of the batch, if it is one)."""
+            added.extend([v] * times)
+            if i is not None and known[i] < SAME_LINE:
+                counts[best[i]] += times
+                return
+            if fresh:
+                j = int((np.asarray(fresh) @ v).argmax())
+                if 1.0 - float(fresh[j] @ v) < SAME_LINE:
+                    fresh_counts[j] += times
+                    return
+            fresh.append(v)
+            fresh_counts.append(times)
+
         for i, text in enumerate(texts):
             v = x[i]
-            novelty = known[i]
-            if added:
-                novelty = min(novelty, 1.0 - float((np.asarray(added) @ v).max()))
-            score = float(centroid[i])
-            if self.novelty_weight is not None:
-                score = min(score, self.novelty_weight * (0.0 if novelty < SAME_LINE else novelty))
-            score = 0.0 if score < SAME_LINE else score
+            novelty, count = float(known[i]), int(counts[best[i]])
+            if novelty >= SAME_LINE and fresh:
+                j = int((np.asarray(fresh) @ v).argmax())
+                novelty = min(novelty, 1.0 - float(fresh[j] @ v))
+                count = fresh_counts[j]
+            score = self._rule(float(centroid[i]), novelty, count, threshold)
             if score <= threshold:
-                added.append(v)
+                learn(v, i, 1)
                 out.append(Detection(text, score, False, threshold))
                 continue
             group, first, member = -1, False, -1
@@ -445,7 +467,7 @@ class AnomalyDetector:
             alert_counts[member] += 1
             admit = self.admit_after is not None and alert_counts[member] >= self.admit_after
             if admit:  # this pattern recurred enough: it joins the window, its group may stay
-                added.extend([alerts[member]] * alert_counts[member])
+                learn(alerts[member], i, alert_counts[member])
                 del alerts[member], alert_groups[member], alert_counts[member]
                 admitted.append(group)
             out.append(Detection(text, score, True, threshold, group, first, admit))
@@ -462,16 +484,35 @@ class AnomalyDetector:
             st = _add_lines(st, np.asarray(added, np.float32))
         return out, st
 
+    def _rule(self, centroid: float, novelty: float, count: int, threshold: float) -> float:
+        """The score of one line; see `_scores`."""
+        if self.novelty_weight is None:
+            score = centroid
+        elif novelty < SAME_LINE:
+            score = min(centroid / (1.0 + count), threshold)
+        else:
+            score = min(centroid, self.novelty_weight * novelty)
+        return 0.0 if score < SAME_LINE else score
+
     def _scores(self, x: np.ndarray, st: _State) -> np.ndarray:
-        """min(centroid distance, novelty_weight * nearest-pattern distance), snapped."""
+        """The line scores (module docstring), with distances under SAME_LINE snapped to 0.
+
+        A line unlike every known pattern scores min(centroid, novelty_weight * novelty);
+        a line of a known pattern seen c times in the window scores centroid / (1 + c),
+        capped at the threshold: rare known messages rank above frequent ones, but rarity
+        alone never flags a line.
+        """
         if len(x) == 0:
             return np.zeros(0, np.float32)
         distance, _ = ops.centroid_distance(x, st.centroids)
         if self.novelty_weight is not None:
-            nearest, _ = ops.topk_cosine(x, st.patterns, 1)
+            nearest, ids = ops.topk_cosine(x, st.patterns, 1)
             novelty = 1.0 - nearest[:, 0]
-            novelty = np.where(novelty < SAME_LINE, 0.0, novelty)
-            distance = np.minimum(distance, self.novelty_weight * novelty)
+            counts = np.bincount(st.lines, minlength=len(st.patterns))[ids[:, 0]]
+            known = np.minimum(distance / (1.0 + counts), st.threshold)
+            distance = np.where(
+                novelty < SAME_LINE, known, np.minimum(distance, self.novelty_weight * novelty)
+            )
         return np.where(distance < SAME_LINE, 0.0, distance).astype(np.float32)
 
     def _recalibrate(self, st: _State) -> _State:
