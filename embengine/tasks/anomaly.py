@@ -35,6 +35,10 @@ group, not as a stream of separate alerts.
 **Groups of lines.** `score_groups(texts, group_ids)` judges sessions, blocks, jobs or runs:
 see its docstring for the aggregation. Log lines are masked (`LogMask`) before embedding
 unless `mask=None`.
+
+**Threads.** Scores run concurrently; `fit`, `process` batches, `update` and
+`confirm_normal` are exclusive (`RWLock`) and each replaces the state whole, so a failed
+write leaves it as it was.
 """
 
 from __future__ import annotations
