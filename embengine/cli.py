@@ -196,16 +196,20 @@ def _add_anomaly(commands: argparse._SubParsersAction) -> None:
         "anomaly",
         help="flag unusual lines in a stream, against a file of normal ones",
         description="Fit on normal records, then judge the inputs in order (normal lines join "
-        "the rolling window). Output rows: where, id, score, threshold, anomalous, text; "
-        "only the anomalous ones unless --all.",
+        "the rolling window). Output rows: where, id, score, threshold, anomalous, group "
+        "(alert group, -1 if normal), first (opens its group), text; only the anomalous ones "
+        "unless --all.",
     )
     anomaly.set_defaults(run=_run_anomaly)
     anomaly.add_argument("inputs", nargs="+", help="records to judge, in stream order")
     anomaly.add_argument("--normal", required=True, help="normal records to fit on")
     _add_input_options(anomaly)
-    anomaly.add_argument("--window", type=int, default=5000, help="normal lines remembered")
+    anomaly.add_argument("--window", type=int, default=20_000, help="normal lines remembered")
     anomaly.add_argument(
-        "--quantile", type=float, default=0.99, help="threshold: this quantile of window scores"
+        "--quantile",
+        type=float,
+        default=0.95,
+        help="threshold: this quantile of the window patterns' leave-one-out scores",
     )
     anomaly.add_argument("--all", action="store_true", help="output every line, not just flagged")
     _add_output_options(anomaly, "detections")
@@ -549,10 +553,12 @@ def _run_anomaly(args: argparse.Namespace) -> int:
                     "score": round(detection.score, 6),
                     "threshold": round(detection.threshold, 6),
                     "anomalous": detection.anomalous,
+                    "group": detection.group,
+                    "first": detection.first,
                     "text": record.text,
                 }
 
-    columns = ["where", "id", "score", "threshold", "anomalous", "text"]
+    columns = ["where", "id", "score", "threshold", "anomalous", "group", "first", "text"]
     count = _write_rows(args, columns, rows())
     _say(args, f"flagged {flagged} lines" + (f" of {count}" if args.all else ""))
     return max(normal_reader.finish(), reader.finish())

@@ -87,12 +87,24 @@ def demo_classify(engine: Engine) -> None:
 def demo_anomaly(engine: Engine) -> None:
     section("anomaly: an event stream judged against its recent normal traffic")
     history, stream = bundled_events()
-    detector = engine.anomaly_detector(window=1000, quantile=0.99)
+    detector = engine.anomaly_detector()
     detector.fit(history)
-    print(f"fitted on {len(history)} normal lines; threshold {detector.threshold:.3f}")
+    print(
+        f"fitted on {len(history)} normal lines ({detector.patterns} distinct after masking);"
+        f" threshold {detector.threshold:.3f}"
+    )
     for event in detector.process(stream):
-        mark = "ANOMALY" if event.anomalous else "       "
+        if not event.anomalous:
+            mark = "       "
+        elif event.first:
+            mark = f"ALERT {event.group}"
+        else:
+            mark = f"  (+{event.group})"
         print(f"  {mark} {event.score:.3f}  {event.text}")
+    print(
+        f"  one alert per new pattern: {len(detector.alert_groups)} groups, "
+        f"lines per group {detector.alert_groups}"
+    )
 
 
 def demo_search(engine: Engine) -> None:

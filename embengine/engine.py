@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -199,11 +199,37 @@ class Engine:
 
         return Classifier(self, examples, **options)
 
-    def anomaly_detector(self, **options: Any) -> AnomalyDetector:
-        """A rolling-window anomaly detector (embengine.tasks.anomaly.AnomalyDetector)."""
-        from embengine.tasks.anomaly import AnomalyDetector
+    def anomaly_detector(
+        self,
+        *,
+        window: int = 20_000,
+        quantile: float = 0.95,
+        centroids: int = 1,
+        novelty_weight: float | None = 5.0,
+        admit_after: int | None = 10,
+        group_radius: float = 0.1,
+        min_threshold: float = 0.05,
+        mask: Callable[[str], str] | Literal["default"] | None = "default",
+        seed: int = 0,
+    ) -> AnomalyDetector:
+        """A rolling-window anomaly detector (embengine.tasks.anomaly.AnomalyDetector).
 
-        return AnomalyDetector(self, **options)
+        The arguments are the detector's (see its docstring); mask="default" is `LogMask()`.
+        """
+        from embengine.tasks.anomaly import DEFAULT_MASK, AnomalyDetector
+
+        return AnomalyDetector(
+            self,
+            window=window,
+            quantile=quantile,
+            centroids=centroids,
+            novelty_weight=novelty_weight,
+            admit_after=admit_after,
+            group_radius=group_radius,
+            min_threshold=min_threshold,
+            mask=DEFAULT_MASK if mask == "default" else mask,
+            seed=seed,
+        )
 
     def attach_store(
         self, store: EmbeddingStore | str | Path | None, *, autosave: bool = True
