@@ -136,9 +136,6 @@ SAVEABLE = {
     "anomaly-detector": pytest.param(
         Saveable(_detector, lambda det: [det.score(QUERIES), det.threshold]),
         id="anomaly-detector",
-        marks=pending(
-            "anomaly", "moves AnomalyDetector.load(engine, path) to load(path, *, engine)"
-        ),
     ),
     "recommender-str-ids": pytest.param(
         Saveable(
@@ -332,12 +329,10 @@ ERRORS = [
     pytest.param(
         lambda e: e.anomaly_detector(window=1),
         id="anomaly-bad-window",
-        marks=pending("anomaly", "raises InvalidInputError for bad settings"),
     ),
     pytest.param(
         lambda e: e.anomaly_detector().score(QUERIES),
         id="anomaly-not-fitted",
-        marks=pending("anomaly", "raises an EmbengineError when scoring before fit"),
     ),
     pytest.param(
         lambda e: EmbeddingStore.for_engine(None, e).put(DOCS, np.zeros((1, e.dim))),
@@ -372,9 +367,7 @@ FACTORIES = [
     pytest.param("dedup", id="dedup"),
     pytest.param("classifier", id="classifier", marks=pending("classmatch", "types its options")),
     pytest.param("match", id="match", marks=pending("classmatch", "types its options")),
-    pytest.param(
-        "anomaly_detector", id="anomaly_detector", marks=pending("anomaly", "types its options")
-    ),
+    pytest.param("anomaly_detector", id="anomaly_detector"),
     pytest.param("index", id="index", marks=pending("index", "types its options")),
     pytest.param("search", id="search", marks=pending("index", "types its options")),
 ]
