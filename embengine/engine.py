@@ -133,7 +133,9 @@ class Engine:
         """Embed texts: (n, dim) float32 unit rows, in input order.
 
         Identical texts in one call are encoded once. Texts longer than the model's max
-        length are truncated and counted in `last_stats.truncated`.
+        length are truncated and counted in `last_stats.truncated`. A non-str text is an
+        InvalidTypeError and a text with a lone surrogate (not valid Unicode) an
+        InvalidInputError, each naming its position (see embengine.validation).
         """
         started = time.perf_counter()
         items = check_texts(texts)
