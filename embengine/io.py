@@ -25,7 +25,6 @@ import json
 import os
 import socket
 import tempfile
-import threading
 import time
 import zipfile
 from collections.abc import Callable, Mapping
@@ -42,8 +41,6 @@ _DTYPE_KINDS = frozenset("biufcSU")
 # temp files of writers on another host (or of an unknown writer) are removed after this long
 STALE_TMP_SECONDS = 24 * 3600
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
-_swept: set[Path] = set()  # targets whose stale temp files this process already removed
-_swept_lock = threading.Lock()
 
 
 from embengine.errors import CorruptFileError, ModelMismatchError  # noqa: E402 (re-exported)
@@ -74,20 +71,15 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
         os.close(dir_fd)
 
 
-def remove_stale_temps(target: str | Path, *, force: bool = False) -> list[Path]:
+def remove_stale_temps(target: str | Path) -> list[Path]:
     """Remove the temp files that killed writers of `target` left beside it; the removed.
 
     A temp file is `.NAME.HOST-PID.XXXX.tmp`: it is stale when HOST is this machine and
     process PID is gone, or (another host, or an older name) when it is untouched for
-    STALE_TMP_SECONDS. A live writer's file is never removed. Done once per target per
-    process unless `force`, so frequent saves do not list the directory each time.
+    STALE_TMP_SECONDS. A live writer's file is never removed. Called by every atomic_write
+    (one directory listing: small next to the write itself).
     """
     target = Path(target)
-    key = target.absolute()
-    with _swept_lock:
-        if key in _swept and not force:
-            return []
-        _swept.add(key)
     removed = []
     try:
         candidates = list(target.parent.glob(f".{_glob_escape(target.name)}.*.tmp"))

@@ -59,11 +59,11 @@ def part_name(index: int) -> str:
     return f"part-{index:06d}.parquet"
 
 
-class BadRecordError(ValueError):
+class BadRecordError(InvalidInputError):
     """A record cannot be embedded and the job was asked to stop on errors."""
 
 
-class JobMismatchError(ValueError):
+class JobMismatchError(InvalidInputError):
     """The output directory holds another job (other inputs, fields, model or chunking)."""
 
 
@@ -409,12 +409,12 @@ def remove_job_files(out: Path) -> None:
 
 
 def refuse_inputs_inside(out: Path, inputs: Sequence[Path]) -> None:
-    """InvalidInputError when an input file lies in the output directory (a rerun or
-    overwrite would replace or delete it)."""
+    """InputError when an input file lies in the output directory (a rerun or overwrite
+    would replace or delete it)."""
     root = out.resolve()
     for path in inputs:
         if path.resolve().is_relative_to(root):
-            raise InvalidInputError(
+            raise InputError(
                 f"input {path} is inside the output directory {out}: writing there could "
                 "overwrite or delete it; choose an output directory elsewhere"
             )

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from embengine.errors import InvalidInputError
 from embengine.validation import surrogate_error
 
 FORMATS = ("jsonl", "csv", "parquet", "text")
@@ -33,7 +34,7 @@ _SUFFIXES = {
 }
 
 
-class InputError(ValueError):
+class InputError(InvalidInputError):
     """An input file cannot be read at all (missing, wrong format, a needed column absent)."""
 
 
