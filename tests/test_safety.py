@@ -262,7 +262,8 @@ def test_cli_skips_lone_surrogates_in_embed_and_task_commands(
     dedup = ["dedup", str(path), "-o", str(tmp_path / "d.jsonl"), "--on-error", "skip", "-q"]
     assert cli.main(dedup) == cli.EXIT_SKIPPED
     assert "in.jsonl:2" in capsys.readouterr().err
-    assert [r["id"] for r in map(json.loads, (tmp_path / "d.jsonl").open())] == [0, 2]
+    rows = (tmp_path / "d.jsonl").read_text().splitlines()
+    assert [json.loads(r)["id"] for r in rows] == [0, 2]
 
 
 # ------------------------------------------------- item 9: manifest part names checked
@@ -513,3 +514,102 @@ def test_fortran_order_and_strings_round_trip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(arrays["x"], x)
     assert arrays["s"].tolist() == ["a", "bcd"]
     assert arrays["e"].shape == (0, 4)
+
+
+# ------------------------------------------------ item 8: dedup memory vs cluster size
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def peak_bytes(run: object) -> tuple[object, int]:
+    """(result, peak bytes traced) of run(): numpy buffers are traced, so is pairs_above's
+    output."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = run()  # type: ignore[operator]
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("method", ["exact", "partitioned"])
+def test_dedup_of_many_exact_copies_keeps_linear_memory(
+    rng: np.random.Generator, method: str
+) -> None:
+    from embengine.tasks.dedup import dedup_vectors
+
+    others = unit_rows(rng.standard_normal((200, 16)))
+    copies = np.repeat(unit_rows(rng.standard_normal((1, 16))), 6000, axis=0)
+    x = np.concatenate([copies[:3000], others, copies[3000:]])
+    clusters, peak = peak_bytes(lambda: dedup_vectors(x, 0.95, method=method, partitions=4))
+    # 6000 copies: 18 M pairs (360 MB) if every pair were kept
+    assert peak < 40 << 20, f"{peak / 2**20:.0f} MiB (ops keep a 16 MiB score tile)"
+    labels = clusters.labels
+    assert (labels[:3000] == 0).all()
+    assert (labels[3200:] == 0).all()
+    assert len(np.unique(labels)) == 201
+    assert len(clusters.pairs.i) == len(x) - 201  # a spanning forest: one pair per merge
+
+
+def test_dedup_of_a_near_exact_clique_holds_one_tile_of_pairs(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from embengine.tasks import dedup as module
+
+    monkeypatch.setattr(module, "_BLOCK", 256)
+    center = rng.standard_normal((1, 16))
+    x = unit_rows(center + 1e-4 * rng.standard_normal((3000, 16)))  # no two rows identical
+    assert len(np.unique(x, axis=0)) == len(x)
+    clusters, peak = peak_bytes(lambda: module.dedup_vectors(x, 0.9, method="exact"))
+    assert peak < 40 << 20, f"{peak / 2**20:.0f} MiB (all 4.5 M pairs would be 90 MB)"
+    assert (clusters.labels == 0).all()
+    assert len(clusters.pairs.i) == len(x) - 1
+    assert (clusters.pairs.score >= 0.9).all()
+
+
+def test_dedup_labels_equal_union_find_over_every_pair(rng: np.random.Generator) -> None:
+    from embengine.tasks.dedup import connected_labels, dedup_vectors, exact_pairs
+
+    base = unit_rows(rng.standard_normal((300, 12)))
+    near = unit_rows(base[:80] + 0.08 * rng.standard_normal((80, 12)))
+    x = np.concatenate([base, near, base[:40], near[:10]])  # near-duplicates and exact copies
+    every = exact_pairs(x, 0.9)
+    want = connected_labels(len(x), every.i, every.j)
+    for method in ("exact", "partitioned"):
+        got = dedup_vectors(x, 0.9, method=method, partitions=1)
+        np.testing.assert_array_equal(got.labels, want)
+        listed = set(zip(got.pairs.i.tolist(), got.pairs.j.tolist(), strict=True))
+        assert listed <= set(zip(every.i.tolist(), every.j.tolist(), strict=True))
+        assert len(listed) == len(x) - len(np.unique(want))
+
+
+def test_spanning_forest_keeps_the_strongest_connecting_pairs() -> None:
+    from embengine.tasks.dedup import Pairs, spanning_forest
+
+    i = np.array([0, 0, 1, 2, 5])
+    j = np.array([1, 2, 2, 3, 6])
+    s = np.array([0.9, 0.95, 0.99, 0.91, 0.97], np.float32)
+    forest = spanning_forest(Pairs(i, j, s))
+    kept = sorted(zip(forest.i.tolist(), forest.j.tolist(), strict=True))
+    assert kept == [(0, 2), (1, 2), (2, 3), (5, 6)]  # (0, 1) closes a cycle and is weakest
+
+
+def test_dedup_confirm_is_not_asked_about_exact_copies(rng: np.random.Generator) -> None:
+    from embengine.tasks.dedup import dedup_vectors
+
+    row = unit_rows(rng.standard_normal((1, 8)))
+    x = np.repeat(row, 500, axis=0)
+    texts = ["same"] * 499 + ["SAME"]
+    asked = []
+
+    def confirm(a: str, b: str) -> bool:
+        asked.append((a, b))
+        return True
+
+    clusters = dedup_vectors(x, 0.9, texts=texts, confirm=confirm)
+    assert asked == [("same", "SAME")]  # 124,750 pairs before
+    assert (clusters.labels == 0).all()
