@@ -19,7 +19,9 @@ that directory (from any process) removes such files when their writer is gone.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -29,7 +31,7 @@ import time
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import numpy as np
 
@@ -43,7 +45,13 @@ STALE_TMP_SECONDS = 24 * 3600
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
-from embengine.errors import CorruptFileError, ModelMismatchError  # noqa: E402 (re-exported)
+from embengine.errors import (  # noqa: E402 (re-exported)
+    CorruptFileError,
+    EmbengineError,
+    ModelMismatchError,
+)
+
+_Loader = TypeVar("_Loader", bound=Callable[..., Any])
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -247,8 +255,8 @@ def _read_npy(raw: bytes, what: str) -> np.ndarray:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
         else:
             raise ValueError(f"npy version {version}")
-    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError) as exc:
-        raise CorruptFileError(f"{what} has a corrupt header ({exc})") from exc
+    except Exception as exc:  # ValueError, SyntaxError, tokenize.TokenError, RecursionError...
+        raise CorruptFileError(f"{what} has a corrupt header ({exc!r})") from exc
     if dtype.kind not in _DTYPE_KINDS or dtype.hasobject or dtype.fields is not None:
         raise CorruptFileError(f"{what} has dtype {dtype}, not a plain number or string type")
     if any(not isinstance(d, int) or d < 0 for d in shape):
@@ -266,6 +274,33 @@ def _read_npy(raw: bytes, what: str) -> np.ndarray:
     if fortran:
         return flat.reshape(shape[::-1]).transpose()
     return flat.reshape(shape)
+
+
+def malformed_is_corrupt(load: _Loader) -> _Loader:
+    """Decorate a loader taking `path`: any failure to build a state from the verified file
+    (a missing key, a wrong type, arrays that do not fit) becomes CorruptFileError.
+
+    The checksum passed, so such a file was crafted or written by a buggy tool: either
+    way it is not a valid save, and the caller gets one clear error naming the file and
+    what was wrong, with the original as the cause. Errors of the engine's own family,
+    MemoryError and OSError (no such file, permissions) pass through unchanged.
+    """
+    signature = inspect.signature(load)
+
+    @functools.wraps(load)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return load(*args, **kwargs)
+        except (EmbengineError, MemoryError, OSError):
+            raise
+        except Exception as exc:
+            path = signature.bind(*args, **kwargs).arguments.get("path", "the file")
+            raise CorruptFileError(
+                f"{path} is not a valid save: {type(exc).__name__}: {exc} (its checksum "
+                "matched, so it was made or edited outside embengine)"
+            ) from exc
+
+    return checked  # type: ignore[return-value]
 
 
 def load_state(

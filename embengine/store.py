@@ -18,7 +18,13 @@ from typing import Any
 import numpy as np
 
 from embengine import ops
-from embengine.io import CorruptFileError, ModelMismatchError, load_arrays, save_arrays
+from embengine.io import (
+    CorruptFileError,
+    ModelMismatchError,
+    load_arrays,
+    malformed_is_corrupt,
+    save_arrays,
+)
 
 FORMAT = "embengine.EmbeddingStore/1"
 
@@ -143,6 +149,7 @@ class EmbeddingStore:
         if target == self.path:
             self._unsaved = 0
 
+    @malformed_is_corrupt
     def _load(self, path: Path) -> None:
         arrays, meta = load_arrays(path)
         if meta.get("format") != FORMAT:

@@ -30,7 +30,7 @@ import numpy as np
 
 from embengine import ops
 from embengine.clustering import spherical_kmeans
-from embengine.io import load_state, save_arrays
+from embengine.io import load_state, malformed_is_corrupt, save_arrays
 from embengine.tasks.logmask import LogMask
 from embengine.validation import check_texts
 
@@ -246,6 +246,7 @@ class AnomalyDetector:
         save_arrays(path, arrays, meta)
 
     @classmethod
+    @malformed_is_corrupt
     def load(cls, engine: Engine, path: str | Path) -> AnomalyDetector:
         """A detector saved by `save`, for the same model (ModelMismatchError otherwise)."""
         arrays, meta = load_state(path, _KIND, engine.spec.fingerprint)
