@@ -202,6 +202,7 @@ def load_arrays(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]
             f"{path} has format version {header.get('version')}, expected {FORMAT_VERSION}"
         )
     payload = data[offset + header_len :]
+    del data  # peak memory: the body, its arrays, and one member at a time
     if len(payload) != header["size"] or hashlib.sha256(payload).hexdigest() != header["sha256"]:
         raise CorruptFileError(
             f"{path} is truncated or corrupt "
