@@ -94,7 +94,7 @@ def remove_stale_temps(target: str | Path) -> list[Path]:
     except OSError:
         return []
     for tmp in candidates:
-        if _is_stale(tmp, target.name):
+        if is_stale_temp(tmp):
             with contextlib.suppress(OSError):
                 tmp.unlink()
                 removed.append(tmp)
@@ -105,13 +105,16 @@ def _glob_escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
-def _is_stale(tmp: Path, name: str) -> bool:
-    writer = tmp.name[len(name) + 2 :].split(".", 1)[0]  # "HOST-PID" of ".NAME.HOST-PID.X.tmp"
-    host, _, pid = writer.partition("-")
+def is_stale_temp(tmp: Path, *, unknown_after: float = STALE_TMP_SECONDS) -> bool:
+    """Whether the atomic_write temp file `tmp` (`.NAME.HOST-PID.XXXX.tmp`) was left by a
+    writer that is gone (see remove_stale_temps); a live writer's file on this host is
+    never stale, one of another host or an older name after `unknown_after` seconds."""
+    pieces = tmp.name.rsplit(".", 3)  # [".NAME", "HOST-PID", "XXXX", "tmp"]: no dot in XXXX
+    host, _, pid = pieces[1].partition("-") if len(pieces) == 4 else ("", "", "")
     if host == _HOST and pid.isdigit():
         return not _alive(int(pid))
     try:
-        return time.time() - tmp.stat().st_mtime > STALE_TMP_SECONDS
+        return time.time() - tmp.stat().st_mtime >= unknown_after
     except OSError:
         return False
 

@@ -227,6 +227,19 @@ def test_temp_file_of_a_killed_writer_is_removed_by_the_next_write(tmp_path: Pat
     assert load_arrays(target)[1] == {"v": 2}
 
 
+def test_resume_removes_part_temps_of_dead_writers_only(tmp_path: Path, engine: Engine) -> None:
+    inputs, out = finished_job(tmp_path, engine)
+    dead_pid = subprocess.Popen(["true"])  # a process that has exited: its pid is free
+    dead_pid.wait()
+    live = out / f".part-000009.parquet.{_HOST}-{os.getpid()}.abcd.tmp"
+    dead = out / f".part-000009.parquet.{_HOST}-{dead_pid.pid}.abcd.tmp"
+    for path in (live, dead):
+        path.write_bytes(b"partial part")
+    embed_files(engine, [inputs], out, chunk_rows=3)  # resume: nothing left to do
+    assert live.is_file()
+    assert not dead.exists()
+
+
 # ---------------------------------------------------- item 5: lone surrogates in text
 
 

@@ -37,7 +37,7 @@ import numpy as np
 from embengine._optional import require
 from embengine.bulk.readers import Fields, InputError, Record, count_records, read_records
 from embengine.errors import InvalidInputError
-from embengine.io import CorruptFileError, atomic_write
+from embengine.io import CorruptFileError, atomic_write, is_stale_temp
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -237,8 +237,11 @@ def _prepare_output(out: Path, job: dict[str, Any], overwrite: bool) -> list[dic
         parts.append(part)
     out.mkdir(parents=True, exist_ok=True)
     kept = {part["file"] for part in parts}
-    for stray in [*out.glob("part-*.parquet"), *out.glob(".part-*.tmp")]:
-        if stray.name not in kept and stray.is_file():
+    strays = [p for p in out.glob("part-*.parquet") if p.name not in kept]
+    # temp parts of killed runs; a live writer's (this host, running pid) is left alone
+    strays += [p for p in out.glob(".part-*.tmp") if is_stale_temp(p, unknown_after=0)]
+    for stray in strays:
+        if stray.is_file() or stray.is_symlink():
             stray.unlink()
     if manifest is None or len(parts) != len(manifest["parts"]) or manifest["complete"]:
         _write_manifest(out, job, parts, complete=False)
