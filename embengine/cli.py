@@ -313,6 +313,9 @@ def _run_embed_ray(args: argparse.Namespace, fields: Fields) -> int:
 
     if args.on_error != "stop" or args.chunk_rows != 10_000:
         raise ValueError("--on-error skip and --chunk-rows apply to the single-process path")
+    from embengine.distributed.ray import prepare_ray_output
+
+    prepare_ray_output(args.out, args.inputs, overwrite=args.overwrite)  # before Ray starts
     if args.ray == "local":  # room for the reading and writing tasks beside the actors
         init_ray(
             "local",
@@ -637,8 +640,46 @@ def _run_recommend(args: argparse.Namespace) -> int:
     return reader.finish()
 
 
+def _written_inputs(args: argparse.Namespace) -> str | None:
+    """Why the command would write over one of its own inputs, or None when it would not.
+
+    Outputs are -o/--out and --pairs (for `embed`, a directory: no input may lie inside
+    it); inputs are every file the command reads. Same file means same path after
+    resolving links, or the same inode.
+    """
+    inputs = [*getattr(args, "inputs", [])]
+    inputs += [getattr(args, name, None) for name in ("examples", "normal", "queries_file")]
+    if args.command == "search":
+        inputs.append(args.index)
+    inputs = [Path(p) for p in inputs if p not in (None, "-")]
+    outputs = [getattr(args, name, None) for name in ("out", "pairs")]
+    outputs = [Path(p) for p in outputs if p not in (None, "-")]
+    if len(outputs) == 2 and _same_file(*outputs):
+        return f"-o and --pairs name the same file {outputs[0]}"
+    for out in outputs:
+        for path in inputs:
+            if args.command == "embed" and path.resolve().is_relative_to(out.resolve()):
+                return f"input {path} is inside the output directory {out}"
+            if _same_file(out, path):
+                return f"the output {out} is also an input ({path}): it would be overwritten"
+    return None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    clash = _written_inputs(args) if hasattr(args, "run") else None
+    if clash is not None:
+        print(f"embengine {args.command}: error: {clash}; choose another output", file=sys.stderr)
+        return EXIT_USAGE
     level = logging.ERROR if getattr(args, "quiet", False) else logging.WARNING
     handler = logging.StreamHandler()
     handler.setLevel(level)  # on the handler too: bm25s sets its own logger to DEBUG

@@ -154,7 +154,9 @@ class Engine:
         shares the memory through DLPack) and "numpy" is copied to the host once, at the
         end; `last_stats.device_outputs` is 1 for such a call. With a store attached the
         vectors pass through the host, where the store lives. On the CPU, "torch" wraps the
-        numpy result without a copy and "cupy" uploads it.
+        numpy result without a copy and "cupy" uploads it. A non-str text is an
+        InvalidTypeError and a text with a lone surrogate (not valid Unicode) an
+        InvalidInputError, each naming its position (see embengine.validation).
         """
         if output not in OUTPUTS:
             raise InvalidInputError(f"output must be one of {OUTPUTS}, got {output!r}")

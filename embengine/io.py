@@ -4,33 +4,64 @@ A file is written to a temporary name in the same directory, flushed and fsynced
 renamed over the target (atomic on POSIX), and the directory is fsynced. Array bundles
 carry a format version and a sha256 of their contents, checked on load, so a truncated or
 corrupt file raises CorruptFileError instead of loading half a state.
+
+The sha256 protects against damage, not against a crafted file (anyone can recompute it),
+so loading also checks the structure before allocating: the header length against the file
+length, each array's declared size against the bytes that hold it (so a loaded file never
+allocates more than about twice its own size here), only plain numeric and string dtypes,
+no compressed members, no pickles. What a task then does with the arrays is checked by the
+task's own loader.
+
+A writer killed mid-write (kill -9) leaves a `.NAME.*.tmp` file; the next write of NAME in
+that directory (from any process) removes such files when their writer is gone.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
+import inspect
 import io
 import json
 import os
+import socket
 import tempfile
+import time
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import numpy as np
 
 FORMAT_VERSION = 1
 _MAGIC = b"EMBENGINE\x00"
+_MAX_HEADER = 16 << 20  # the JSON header holds metadata only; real ones are a few KiB
+# dtype kinds an array in a saved file may have: bool, ints, floats, complex, bytes, str
+_DTYPE_KINDS = frozenset("biufcSU")
+# temp files of writers on another host (or of an unknown writer) are removed after this long
+STALE_TMP_SECONDS = 24 * 3600
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
-from embengine.errors import CorruptFileError, ModelMismatchError  # noqa: E402 (re-exported)
+from embengine.errors import (  # noqa: E402 (re-exported)
+    CorruptFileError,
+    EmbengineError,
+    ModelMismatchError,
+)
+
+_Loader = TypeVar("_Loader", bound=Callable[..., Any])
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     """Call `write(file)` on a temp file beside `path`, fsync, and rename it over `path`."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    remove_stale_temps(target)
+    fd, tmp = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.{_HOST}-{os.getpid()}.", suffix=".tmp"
+    )
     try:
         os.fchmod(fd, _file_mode(target))  # mkstemp makes 0600; keep the usual permissions
         with os.fdopen(fd, "wb") as f:
@@ -46,6 +77,58 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def remove_stale_temps(target: str | Path) -> list[Path]:
+    """Remove the temp files that killed writers of `target` left beside it; the removed.
+
+    A temp file is `.NAME.HOST-PID.XXXX.tmp`: it is stale when HOST is this machine and
+    process PID is gone, or (another host, or an older name) when it is untouched for
+    STALE_TMP_SECONDS. A live writer's file is never removed. Called by every atomic_write
+    (one directory listing: small next to the write itself).
+    """
+    target = Path(target)
+    removed = []
+    try:
+        candidates = list(target.parent.glob(f".{_glob_escape(target.name)}.*.tmp"))
+    except OSError:
+        return []
+    for tmp in candidates:
+        if is_stale_temp(tmp):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def _glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def is_stale_temp(tmp: Path, *, unknown_after: float = STALE_TMP_SECONDS) -> bool:
+    """Whether the atomic_write temp file `tmp` (`.NAME.HOST-PID.XXXX.tmp`) was left by a
+    writer that is gone (see remove_stale_temps); a live writer's file on this host is
+    never stale, one of another host or an older name after `unknown_after` seconds."""
+    pieces = tmp.name.rsplit(".", 3)  # [".NAME", "HOST-PID", "XXXX", "tmp"]: no dot in XXXX
+    host, _, pid = pieces[1].partition("-") if len(pieces) == 4 else ("", "", "")
+    if host == _HOST and pid.isdigit():
+        return not _alive(int(pid))
+    try:
+        return time.time() - tmp.stat().st_mtime >= unknown_after
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # exists but is another user's (or an absurd pid): leave it alone
+    return True
 
 
 def _file_mode(target: Path) -> int:
@@ -88,33 +171,140 @@ def save_arrays(
 
 
 def load_arrays(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Read a file written by save_arrays, verifying it; (arrays, meta)."""
+    """Read a file written by save_arrays, verifying it; (arrays, meta).
+
+    CorruptFileError for anything but a well-formed file: damage (checksum), and also a
+    crafted file whose header or array sizes do not fit its length (checked before any
+    allocation, since a recomputed checksum passes).
+    """
     path = Path(path)
     data = path.read_bytes()
     if not data.startswith(_MAGIC):
         raise CorruptFileError(f"{path} is not an embengine file (bad magic)")
     offset = len(_MAGIC)
+    if len(data) < offset + 8:
+        raise CorruptFileError(f"{path} is truncated (no header length)")
     header_len = int.from_bytes(data[offset : offset + 8], "little")
     offset += 8
-    try:
-        header = json.loads(data[offset : offset + header_len])
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorruptFileError(f"{path} has a corrupt header") from exc
-    if not isinstance(header, dict) or not {"version", "meta", "sha256", "size"} <= header.keys():
+    if header_len > min(len(data) - offset, _MAX_HEADER):
+        raise CorruptFileError(
+            f"{path} is truncated or corrupt (header of {header_len} bytes, "
+            f"{len(data) - offset} bytes left in the file)"
+        )
+    header = _json(data[offset : offset + header_len], f"{path} has a corrupt header")
+    if not (
+        isinstance(header, dict)
+        and {"version", "meta", "sha256", "size"} <= header.keys()
+        and isinstance(header["meta"], dict)
+        and isinstance(header["sha256"], str)
+        and type(header["size"]) is int
+    ):
         raise CorruptFileError(f"{path} has a corrupt header")
     if header.get("version") != FORMAT_VERSION:
         raise CorruptFileError(
             f"{path} has format version {header.get('version')}, expected {FORMAT_VERSION}"
         )
     payload = data[offset + header_len :]
+    del data  # peak memory: the body, its arrays, and one member at a time
     if len(payload) != header["size"] or hashlib.sha256(payload).hexdigest() != header["sha256"]:
         raise CorruptFileError(
             f"{path} is truncated or corrupt "
             f"({len(payload)} of {header['size']} body bytes, or checksum mismatch)"
         )
-    with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
-        arrays = {name: npz[name] for name in npz.files}
-    return arrays, header["meta"]
+    return _read_npz(payload, path), header["meta"]
+
+
+def _json(text: bytes, message: str) -> Any:
+    """Parsed JSON, or CorruptFileError(message) for invalid, too deep or absurd JSON."""
+    try:
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # JSONDecodeError: ValueError
+        raise CorruptFileError(f"{message}: {exc}") from exc
+
+
+def _read_npz(payload: bytes, path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an uncompressed .npz, each size checked against its bytes before use.
+
+    np.load would trust a member's .npy header and allocate the declared shape up front;
+    here an array is built only from bytes that are really there.
+    """
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(payload))
+        members = archive.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise CorruptFileError(f"{path}: the array body is not a valid archive ({exc})") from exc
+    if sum(m.file_size for m in members) > len(payload):
+        raise CorruptFileError(f"{path}: the archive declares more bytes than the file holds")
+    arrays: dict[str, np.ndarray] = {}
+    for member in members:
+        name = member.filename
+        if not name.endswith(".npy") or member.compress_type != zipfile.ZIP_STORED:
+            raise CorruptFileError(f"{path}: unexpected archive member {name!r}")
+        try:
+            raw = archive.read(member)
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError) as exc:
+            raise CorruptFileError(f"{path}: archive member {name!r} is corrupt ({exc})") from exc
+        arrays[name[: -len(".npy")]] = _read_npy(raw, f"{path}: array {name[:-4]!r}")
+    return arrays
+
+
+def _read_npy(raw: bytes, what: str) -> np.ndarray:
+    """One .npy array from its bytes: plain dtypes only, declared size == bytes present."""
+    stream = io.BytesIO(raw)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"npy version {version}")
+    except Exception as exc:  # ValueError, SyntaxError, tokenize.TokenError, RecursionError...
+        raise CorruptFileError(f"{what} has a corrupt header ({exc!r})") from exc
+    if dtype.kind not in _DTYPE_KINDS or dtype.hasobject or dtype.fields is not None:
+        raise CorruptFileError(f"{what} has dtype {dtype}, not a plain number or string type")
+    if any(not isinstance(d, int) or d < 0 for d in shape):
+        raise CorruptFileError(f"{what} has an invalid shape {shape}")
+    count = 1
+    for d in shape:
+        count *= d
+    body = raw[stream.tell() :]
+    if count * dtype.itemsize != len(body) or (count and dtype.itemsize == 0):
+        raise CorruptFileError(
+            f"{what} declares shape {shape} of {dtype} ({count * dtype.itemsize} bytes) "
+            f"but holds {len(body)} bytes"
+        )
+    flat = np.frombuffer(body, dtype=dtype, count=count).copy()
+    if fortran:
+        return flat.reshape(shape[::-1]).transpose()
+    return flat.reshape(shape)
+
+
+def malformed_is_corrupt(load: _Loader) -> _Loader:
+    """Decorate a loader taking `path`: any failure to build a state from the verified file
+    (a missing key, a wrong type, arrays that do not fit) becomes CorruptFileError.
+
+    The checksum passed, so such a file was crafted or written by a buggy tool: either
+    way it is not a valid save, and the caller gets one clear error naming the file and
+    what was wrong, with the original as the cause. Errors of the engine's own family,
+    MemoryError and OSError (no such file, permissions) pass through unchanged.
+    """
+    signature = inspect.signature(load)
+
+    @functools.wraps(load)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return load(*args, **kwargs)
+        except (EmbengineError, MemoryError, OSError):
+            raise
+        except Exception as exc:
+            path = signature.bind(*args, **kwargs).arguments.get("path", "the file")
+            raise CorruptFileError(
+                f"{path} is not a valid save: {type(exc).__name__}: {exc} (its checksum "
+                "matched, so it was made or edited outside embengine)"
+            ) from exc
+
+    return checked  # type: ignore[return-value]
 
 
 def load_state(

@@ -11,6 +11,12 @@ the valid prefix, and re-reads the input from the first record not yet written: 
 duplicated or lost. Chunks are cut by record position, so a resumed run encodes exactly the
 batches an uninterrupted run would have. Readers (pyarrow, pandas, Ray, DuckDB) open the
 directory as one dataset; they skip names starting with `_` or `.`.
+
+The manifest is checked before it is trusted: a part is named `part-NNNNNN.parquet` for its
+position (never a path elsewhere: `../x` and `/etc/x` are refused), counts are
+non-negative integers and parts follow one another. An unreadable or malformed manifest is
+a CorruptFileError; `overwrite` replaces it. A directory that holds neither a job nor
+nothing is never written into.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import hashlib
 import itertools
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,7 +36,8 @@ import numpy as np
 
 from embengine._optional import require
 from embengine.bulk.readers import Fields, InputError, Record, count_records, read_records
-from embengine.io import CorruptFileError, atomic_write
+from embengine.errors import InvalidInputError
+from embengine.io import CorruptFileError, atomic_write, is_stale_temp
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -40,14 +48,22 @@ log = logging.getLogger("embengine")
 
 MANIFEST = "_embengine_job.json"
 MANIFEST_VERSION = 1
+RAY_MARKER = "_embengine_ray.json"  # marks a directory written by the Ray path (no resume)
 _KEEP_BAD_PER_PART = 100  # bad records listed per part in the manifest (all are counted)
+_PART = re.compile(r"part-(\d{6})\.parquet")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-class BadRecordError(ValueError):
+def part_name(index: int) -> str:
+    """The file name of a job's part `index`: the only names a manifest may list."""
+    return f"part-{index:06d}.parquet"
+
+
+class BadRecordError(InvalidInputError):
     """A record cannot be embedded and the job was asked to stop on errors."""
 
 
-class JobMismatchError(ValueError):
+class JobMismatchError(InvalidInputError):
     """The output directory holds another job (other inputs, fields, model or chunking)."""
 
 
@@ -188,12 +204,24 @@ def _prepare_output(out: Path, job: dict[str, Any], overwrite: bool) -> list[dic
     """The verified finished parts to keep (empty for a new job); stray files removed."""
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} exists and is not a directory")
-    manifest = _read_manifest(out)
-    if manifest is None and out.is_dir() and any(out.iterdir()):
-        raise InputError(f"{out} is not empty and holds no embed job: choose a new directory")
-    if manifest is not None and overwrite:
+    refuse_inputs_inside(out, [Path(i["path"]) for i in job["inputs"]])
+    if job_kind(out) == "ray":
+        if not overwrite:
+            raise JobMismatchError(f"{out} holds a Ray embed job: pass overwrite to replace it")
+        remove_job_files(out)
+    if not (out / MANIFEST).is_file() and out.is_dir() and any(out.iterdir()):
+        raise InputError(
+            f"{out} is not empty and holds no embed job: choose a new directory "
+            "(overwrite replaces only an embed job's output, never other files)"
+        )
+    if overwrite:  # not read: a corrupt manifest is replaced too
         manifest = None
-    elif manifest is not None and manifest["job"] != job:
+    else:
+        try:
+            manifest = _read_manifest(out)
+        except CorruptFileError as exc:
+            raise CorruptFileError(f"{exc}; pass overwrite to replace the job") from exc
+    if manifest is not None and manifest["job"] != job:
         changed = sorted(k for k in job if job[k] != manifest["job"].get(k))
         raise JobMismatchError(
             f"{out} holds a job with other settings (differs in: {', '.join(changed)}); "
@@ -209,8 +237,11 @@ def _prepare_output(out: Path, job: dict[str, Any], overwrite: bool) -> list[dic
         parts.append(part)
     out.mkdir(parents=True, exist_ok=True)
     kept = {part["file"] for part in parts}
-    for stray in [*out.glob("part-*.parquet"), *out.glob(".part-*.tmp")]:
-        if stray.name not in kept:
+    strays = [p for p in out.glob("part-*.parquet") if p.name not in kept]
+    # temp parts of killed runs; a live writer's (this host, running pid) is left alone
+    strays += [p for p in out.glob(".part-*.tmp") if is_stale_temp(p, unknown_after=0)]
+    for stray in strays:
+        if stray.is_file() or stray.is_symlink():
             stray.unlink()
     if manifest is None or len(parts) != len(manifest["parts"]) or manifest["complete"]:
         _write_manifest(out, job, parts, complete=False)
@@ -237,7 +268,7 @@ def _write_part(
     vectors = engine.embed(texts) if texts else np.zeros((0, engine.dim), np.float32)
     ids = [str(r.id) for _, r in good] if job["fields"]["id"] else [p for p, _ in good]
     table = _table(job, ids, texts, vectors)
-    name = f"part-{index:06d}.parquet"
+    name = part_name(index)
     data = _parquet_bytes(table)
     atomic_write(out / name, lambda f: f.write(data))
     return {
@@ -283,6 +314,8 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 
 
 def _verified_bytes(path: Path, sha256: str) -> bytes:
+    if path.is_symlink():
+        raise CorruptFileError(f"{path} is a symbolic link, not a part this job wrote")
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != sha256:
         raise CorruptFileError(f"{path} is truncated or corrupt (checksum mismatch)")
@@ -290,18 +323,104 @@ def _verified_bytes(path: Path, sha256: str) -> bytes:
 
 
 def _read_manifest(out: Path) -> dict[str, Any] | None:
+    """The job manifest in `out`, checked (None when there is none); CorruptFileError."""
     path = out / MANIFEST
     if not path.is_file():
         return None
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # JSONDecodeError: ValueError
         raise CorruptFileError(f"{path} is corrupt: {exc}") from exc
+    if not isinstance(manifest, dict):
+        kind = type(manifest).__name__
+        raise CorruptFileError(f"{path} is corrupt: a JSON {kind}, not an object")
     if manifest.get("version") != MANIFEST_VERSION:
         raise CorruptFileError(
-            f"{path} has version {manifest.get('version')}, expected {MANIFEST_VERSION}"
+            f"{path} has version {manifest.get('version')!r}, expected {MANIFEST_VERSION}"
         )
+    problem = _manifest_problem(manifest)
+    if problem is not None:
+        raise CorruptFileError(f"{path} is corrupt: {problem}")
     return manifest
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """What is wrong with a parsed manifest's structure, or None."""
+    job = manifest.get("job")
+    if not (
+        isinstance(job, dict)
+        and type(job.get("dim")) is int
+        and 0 < job["dim"] <= 1 << 16
+        and isinstance(job.get("fields"), dict)
+        and isinstance(job["fields"].get("id"), (str, type(None)))
+        and isinstance(job.get("keep_text"), bool)
+    ):
+        return "'job' is not a job description"
+    if not isinstance(manifest.get("complete"), bool):
+        return "'complete' is not true or false"
+    parts = manifest.get("parts")
+    if not isinstance(parts, list):
+        return "'parts' is not a list"
+    first = 0
+    for index, part in enumerate(parts):
+        if not isinstance(part, dict):
+            return f"parts[{index}] is not an object"
+        if part.get("file") != part_name(index):
+            return f"parts[{index}] names {part.get('file')!r}, expected {part_name(index)!r}"
+        if not isinstance(part.get("sha256"), str) or not _SHA256.fullmatch(part["sha256"]):
+            return f"parts[{index}] has no valid sha256"
+        counts = [part.get(key) for key in ("first", "records", "rows", "bad")]
+        if not all(type(c) is int and c >= 0 for c in counts):
+            return f"parts[{index}] has counts that are not non-negative integers"
+        if part["first"] != first or part["rows"] + part["bad"] != part["records"]:
+            return f"parts[{index}] does not follow part {index - 1} (records or counts disagree)"
+        bad = part.get("bad_records")
+        if not isinstance(bad, list) or not all(
+            isinstance(b, dict) and isinstance(b.get("where"), str) for b in bad
+        ):
+            return f"parts[{index}] has malformed bad_records"
+        first += part["records"]
+    return None
+
+
+def job_kind(out: Path) -> str | None:
+    """ "embed" or "ray" when `out` holds an embed job's output of that path, else None."""
+    if (out / MANIFEST).is_file():
+        return "embed"
+    if (out / RAY_MARKER).is_file():
+        return "ray"
+    return None
+
+
+def remove_job_files(out: Path) -> None:
+    """Remove the files an embed job wrote in `out`, and nothing else.
+
+    Those are the manifest or Ray marker, the part files (`part-*.parquet`; for a Ray job
+    every top-level `*.parquet`, as Ray names its files itself) and temp files of
+    interrupted writes. Other files stay, and the directory too.
+    """
+    kind = job_kind(out)
+    if kind is None:
+        raise InputError(f"{out} holds no embed job: nothing of it is removed")
+    doomed = [*out.glob("part-*.parquet"), *out.glob(".part-*.tmp")]
+    doomed += [*out.glob(f".{MANIFEST}.*.tmp"), *out.glob(f".{RAY_MARKER}.*.tmp")]
+    if kind == "ray":
+        doomed += out.glob("*.parquet")
+    for path in {*doomed, out / MANIFEST, out / RAY_MARKER}:
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+
+
+def refuse_inputs_inside(out: Path, inputs: Sequence[Path]) -> None:
+    """InputError when an input file lies in the output directory (a rerun or overwrite
+    would replace or delete it)."""
+    root = out.resolve()
+    for path in inputs:
+        if path.resolve().is_relative_to(root):
+            raise InputError(
+                f"input {path} is inside the output directory {out}: writing there could "
+                "overwrite or delete it; choose an output directory elsewhere"
+            )
 
 
 def _write_manifest(

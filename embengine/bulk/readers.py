@@ -3,8 +3,9 @@
 Every record carries where it came from (file and line, or row for Parquet) so a bad one can
 be named precisely. A bad record (invalid JSON, missing or non-string text, empty text,
 invalid UTF-8) is yielded with `error` set rather than raised: the caller decides whether to
-stop or skip. Problems with a whole file (missing, unreadable header, missing column) raise
-InputError at once.
+stop or skip. A text holding a lone surrogate (JSON's "\\ud800" escape: valid JSON, not
+valid Unicode) is such a bad record. Problems with a whole file (missing, unreadable
+header, missing column) raise InputError at once.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from embengine.errors import InvalidInputError
+from embengine.validation import surrogate_error
+
 FORMATS = ("jsonl", "csv", "parquet", "text")
 _SUFFIXES = {
     ".jsonl": "jsonl",
@@ -30,7 +34,7 @@ _SUFFIXES = {
 }
 
 
-class InputError(ValueError):
+class InputError(InvalidInputError):
     """An input file cannot be read at all (missing, wrong format, a needed column absent)."""
 
 
@@ -101,7 +105,8 @@ def _check_text(text: Any, field: str) -> str | None:
         return f"field {field!r} is {type(text).__name__}, expected str"
     if not text.strip():
         return f"field {field!r} is empty"
-    return None
+    error = surrogate_error(text)
+    return None if error is None else f"field {field!r} {error}"
 
 
 def _record(source: str, line: int, row: dict[str, Any], fields: Fields) -> Record:

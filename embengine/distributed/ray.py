@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import shutil
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from embengine._optional import require
+from embengine.bulk.job import RAY_MARKER, job_kind, refuse_inputs_inside, remove_job_files
 from embengine.bulk.readers import Fields, InputError, detect_format
+from embengine.io import atomic_write
 from embengine.ops import check_vectors, pairs_above
 
 if TYPE_CHECKING:
@@ -150,13 +152,12 @@ def embed_files_ray(
     Columns: `id` (str, when `fields.id`), `text_sha256`, `vector`, and `text` when there is
     no id field (Ray has no global row position, so the text keeps each vector identified).
     Unlike `embengine.bulk.embed_files` there is no resume: a failed job is rerun whole.
+    `out` must be new or empty, or hold an earlier embed job (Ray or single-process) to
+    replace when `overwrite`; a directory holding anything else is refused, never emptied.
     """
     pc = require("pyarrow.compute", "the Ray path")
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise InputError(f"{out} is not empty: pass overwrite to replace it")
-        shutil.rmtree(out)
+    prepare_ray_output(out, inputs, overwrite=overwrite)
     ds = read_files(inputs, fmt=fmt, fields=fields)
     if fields.id is not None:
 
@@ -180,6 +181,30 @@ def embed_files_ray(
     ds.write_parquet(str(out))
     pq = require("pyarrow.parquet", "the Ray path")
     return sum(pq.ParquetFile(f).metadata.num_rows for f in sorted(out.glob("*.parquet")))
+
+
+def prepare_ray_output(out: str | Path, inputs: Sequence[str | Path], *, overwrite: bool) -> None:
+    """Make `out` ready for a Ray embed job, or refuse (InputError) before anything runs.
+
+    New or empty: created and marked as a Ray job's. Holding an embed job: refused, or with
+    `overwrite` that job's files are removed (other files stay). Holding anything else, or
+    one of the inputs: refused.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} exists and is not a directory")
+    refuse_inputs_inside(out, [Path(p) for p in inputs])
+    if out.is_dir() and any(p.name != RAY_MARKER for p in out.iterdir()):
+        if job_kind(out) is None:
+            raise InputError(
+                f"{out} is not empty and holds no embed job: choose a new directory "
+                "(overwrite replaces only an embed job's output, never other files)"
+            )
+        if not overwrite:
+            raise InputError(f"{out} holds an embed job: pass overwrite to replace it")
+        remove_job_files(out)
+    marker = json.dumps({"kind": "ray", "version": 1}).encode()
+    atomic_write(out / RAY_MARKER, lambda f: f.write(marker))
 
 
 def _block_pairs(

@@ -4,11 +4,16 @@
 over the other overwrites files and uninstalling either breaks both; `ort_distribution()`
 says which one is here (and warns when both are). ONNX Runtime silently drops a provider it
 cannot load, so every session is checked for the provider it was asked for.
+
+ONNX Runtime's telemetry stays off: ORT_DISABLE_TELEMETRY=1 is set before onnxruntime is
+imported (embengine/__init__.py, and here), and `disable_telemetry_events()` is called on
+every encoder in case the caller imported onnxruntime first.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from importlib import metadata
 from typing import Any
 
@@ -21,6 +26,7 @@ from embengine.models import ModelSpec
 from embengine.models.onnx_export import cache_dir, cached_export
 
 log = logging.getLogger("embengine")
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # read when onnxruntime is imported
 
 ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")
 # precision -> devices it runs on. bf16 stays with the torch backend: ORT's CUDA EP lacks
@@ -66,6 +72,8 @@ class OnnxEncoder:
         fallback_to_cpu: bool = False,
     ) -> None:
         ort = require("onnxruntime", "the onnx backend")
+        if os.environ.get("ORT_DISABLE_TELEMETRY") == "1":
+            ort.disable_telemetry_events()  # no uploads, even if onnxruntime came first
         self.spec = spec
         self.details: dict[str, object] = {"onnxruntime": ort_distribution()}
         available = ort.get_available_providers()

@@ -27,7 +27,13 @@ from embengine import ops
 from embengine.index import _faiss
 from embengine.index.fusion import FUSIONS, fuse
 from embengine.index.lexical import Lexical
-from embengine.io import CorruptFileError, ModelMismatchError, load_arrays, save_arrays
+from embengine.io import (
+    CorruptFileError,
+    ModelMismatchError,
+    load_arrays,
+    malformed_is_corrupt,
+    save_arrays,
+)
 
 if TYPE_CHECKING:
     from embengine.engine import Engine
@@ -378,6 +384,7 @@ class VectorIndex:
         save_arrays(path, arrays, meta)
 
     @classmethod
+    @malformed_is_corrupt
     def load(
         cls, path: str | Path, *, engine: Engine | None = None, device: str = "auto"
     ) -> VectorIndex:

@@ -9,7 +9,9 @@ normalisation stay in embengine's kernel, shared by every backend.
 A cache file is keyed by the model fingerprint (weights, config, tokenizer), the opset, the
 precision, the graph variant and this module's export version: change any of them and a new
 export is made. Files are written atomically and checksummed (embengine.io); a corrupt or
-mismatched file is logged and replaced by a fresh export, never loaded.
+mismatched file is logged and replaced by a fresh export, never loaded. When the cache
+cannot be written (read-only cache directory or HOME, no home at all), the export is kept
+in memory for this process and a warning says so.
 """
 
 from __future__ import annotations
@@ -79,10 +81,15 @@ def cached_export(
     """The serialized ONNX model for (spec, precision, variant, opset), exporting on a miss.
 
     Returns (model bytes, cache file). A file that fails verification or holds another key
-    is logged and replaced by a fresh export.
+    is logged and replaced by a fresh export. A cache that cannot be written costs an
+    export per process, with a warning, never an error.
     """
     key = export_key(spec, precision=precision, variant=variant, opset=opset)
-    path = cache_path(key, directory)
+    try:
+        path = cache_path(key, directory)
+    except RuntimeError as exc:  # Path.home(): no HOME and no password entry
+        log.warning("no ONNX export cache (%s); exporting in memory", exc)
+        return export(spec, precision=precision, variant=variant, opset=opset), Path("<memory>")
     if path.is_file():
         try:
             arrays, meta = load_arrays(path)
@@ -100,7 +107,15 @@ def cached_export(
         path,
     )
     model = export(spec, precision=precision, variant=variant, opset=opset)
-    save_arrays(path, {"onnx": np.frombuffer(model, dtype=np.uint8)}, key)
+    try:
+        save_arrays(path, {"onnx": np.frombuffer(model, dtype=np.uint8)}, key)
+    except OSError as exc:
+        log.warning(
+            "cannot write the ONNX export cache %s (%s); using the export in memory, which "
+            "is made again by each process: set EMBENGINE_CACHE_DIR to a writable directory",
+            path,
+            exc,
+        )
     return model, path
 
 

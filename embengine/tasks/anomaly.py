@@ -56,7 +56,7 @@ from embengine import ops
 from embengine._sync import RWLock
 from embengine.clustering import spherical_kmeans
 from embengine.errors import InvalidInputError, InvalidTypeError
-from embengine.io import load_state, save_arrays
+from embengine.io import load_state, malformed_is_corrupt, save_arrays
 from embengine.tasks.logmask import LogMask
 from embengine.validation import check_texts
 
@@ -606,6 +606,7 @@ class AnomalyDetector:
         save_arrays(path, arrays, meta)
 
     @classmethod
+    @malformed_is_corrupt
     def load(cls, path: str | Path, *, engine: Engine) -> AnomalyDetector:
         """A detector saved by `save`, for the same model (ModelMismatchError otherwise).
 

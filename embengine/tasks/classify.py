@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from embengine import ops
-from embengine.io import load_state, save_arrays
+from embengine.io import load_state, malformed_is_corrupt, save_arrays
 from embengine.validation import check_texts
 
 if TYPE_CHECKING:
@@ -259,6 +259,7 @@ class Classifier:
         save_arrays(path, {"vectors": self._vectors, "label_ids": self._label_ids}, meta)
 
     @classmethod
+    @malformed_is_corrupt
     def load(cls, engine: Engine, path: str | Path) -> Classifier:
         """A classifier saved by `save`, for the same model (ModelMismatchError otherwise)."""
         arrays, meta = load_state(path, _KIND, engine.spec.fingerprint)

@@ -5,13 +5,20 @@ them (the "lightweight confirmation"); accepted pairs are joined into clusters b
 union-find. Past `exact_limit` records, candidates come from k-means partitions instead of
 all pairs, so memory and time stay bounded (as SemDeDup does): each record is compared
 with the records of its own partition and of its next-nearest one.
+
+Memory never grows with the square of a cluster's size: exact copies (identical vectors,
+and identical texts when a confirmation is asked for) are collapsed to their first
+occurrence before any pairing, and candidate pairs are consumed one block x block tile at
+a time, each tile reduced to the strongest edges that connect its rows (a spanning
+forest: union-find needs no more). 50,000 copies of one row cost 50,000 labels, not 1.25
+billion pairs; a near-exact clique costs one tile of pairs at a time.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -151,21 +158,40 @@ def _confirmed(pairs: Pairs, left: list[str], right: list[str], confirm: Confirm
 # ------------------------------------------------------------------------ candidates
 
 
-def exact_pairs(vectors: np.ndarray, threshold: float, *, block: int = _BLOCK) -> Pairs:
+def exact_pairs(vectors: np.ndarray, threshold: float, *, block: int | None = None) -> Pairs:
     """Every pair i < j with cosine >= threshold, computed block by block.
 
-    Memory is bounded by one block x block score tile whatever n is; time is O(n^2 d).
+    Work memory is one block x block score tile whatever n is (the output holds every
+    pair: dedup_vectors consumes the tiles instead, see `_exact_tiles`); time O(n^2 d).
     """
-    n = len(vectors)
-    parts = []
+    return _concat(list(_exact_tiles(vectors, threshold, block=block)))
+
+
+def _exact_tiles(
+    vectors: np.ndarray,
+    threshold: float,
+    *,
+    rows: np.ndarray | None = None,
+    block: int | None = None,
+) -> Iterator[Pairs]:
+    """The pairs i < j above `threshold` among `rows` (default: all), one tile at a time,
+    as indices into `vectors`."""
+    block = block or _BLOCK
+    rows = np.arange(len(vectors)) if rows is None else rows
+    n = len(rows)
     for a in range(0, n, block):
-        xa = vectors[a : a + block]
+        ra = rows[a : a + block]
+        xa = vectors[ra]
         i, j, s = ops.pairs_above(xa, threshold)
-        parts.append(Pairs(i + a, j + a, s))
+        yield _ordered(ra[i], ra[j], s)
         for b in range(a + block, n, block):
-            i, j, s = ops.pairs_above(xa, threshold, y=vectors[b : b + block])
-            parts.append(Pairs(i + a, j + b, s))
-    return _concat(parts)
+            rb = rows[b : b + block]
+            i, j, s = ops.pairs_above(xa, threshold, y=vectors[rb])
+            yield _ordered(ra[i], rb[j], s)
+
+
+def _ordered(a: np.ndarray, b: np.ndarray, s: np.ndarray) -> Pairs:
+    return Pairs(np.minimum(a, b), np.maximum(a, b), s)
 
 
 def partitioned_pairs(
@@ -183,25 +209,36 @@ def partitioned_pairs(
     found when its rows share either partition. `rounds` repeats this with differently
     seeded k-means and joins the results, as the boundaries then fall elsewhere.
     Approximate: recall is measured in benchmarks/bench_dedup_scale.py. Work ~ rounds *
-    2 n * (n / partitions) * d; memory ~ the largest partition squared.
+    2 n * (n / partitions) * d; work memory ~ one block x block tile (a partition larger
+    than a block, such as one full of copies, is compared tile by tile).
     """
+    tiles = _partitioned_tiles(vectors, threshold, partitions=partitions, rounds=rounds, seed=seed)
+    return _unique(_concat(list(tiles)))
+
+
+def _partitioned_tiles(
+    vectors: np.ndarray,
+    threshold: float,
+    *,
+    partitions: int | None = None,
+    rounds: int = 2,
+    seed: int = 0,
+) -> Iterator[Pairs]:
+    """The pairs of partitioned_pairs one tile at a time (a pair may come more than once)."""
     n = len(vectors)
     k = partitions if partitions is not None else max(1, round(n / PARTITION_SIZE))
     if k <= 1:
-        return exact_pairs(vectors, threshold)
+        yield from _exact_tiles(vectors, threshold)
+        return
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
-    parts = []
     for r in range(rounds):
         centroids = spherical_kmeans(
             vectors, k, seed=seed + r, iterations=10, sample=64 * k, init="random"
         )
         for rows in _two_nearest_partitions(vectors, centroids):
             if len(rows) > 1:
-                i, j, s = ops.pairs_above(vectors[rows], threshold)
-                a, b = rows[i], rows[j]
-                parts.append(Pairs(np.minimum(a, b), np.maximum(a, b), s))
-    return _unique(_concat(parts))
+                yield from _exact_tiles(vectors, threshold, rows=rows)
 
 
 def _two_nearest_partitions(vectors: np.ndarray, centroids: np.ndarray) -> list[np.ndarray]:
@@ -250,10 +287,13 @@ def connected_labels(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Union-find over edges (i, j): each node's label is the smallest index in its component.
 
     Vectorised: min-label propagation along edges plus pointer jumping until stable.
+    Memory O(n + edges).
     """
     labels = np.arange(n, dtype=np.int64)
     if len(i) == 0:
         return labels
+    i = np.asarray(i, dtype=np.int64)
+    j = np.asarray(j, dtype=np.int64)
     while True:
         low = np.minimum(labels[i], labels[j])
         np.minimum.at(labels, i, low)
@@ -263,6 +303,59 @@ def connected_labels(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
             labels, jumped = jumped, jumped[jumped]
         if np.array_equal(labels[i], labels[j]):
             return labels
+
+
+def spanning_forest(pairs: Pairs) -> Pairs:
+    """The fewest pairs that keep every component connected, strongest first.
+
+    The maximum spanning forest (ties: lower (i, j) first), found by Borůvka rounds on
+    the nodes the pairs touch: each component takes its best edge to another component,
+    then components merge; O(log n) vectorised rounds. A forest has fewer edges than it
+    has nodes, so a dense cluster of m rows keeps m - 1 pairs, not m^2 / 2.
+    """
+    if len(pairs.i) < 2:
+        return pairs
+    order = np.lexsort((pairs.j, pairs.i, -pairs.score))  # rank = position: strongest first
+    i, j, s = pairs.i[order], pairs.j[order], pairs.score[order]
+    nodes, local = np.unique(np.concatenate([i, j]), return_inverse=True)
+    u, v = local[: len(i)], local[len(i) :]
+    component = np.arange(len(nodes), dtype=np.int64)
+    live = np.arange(len(i))  # candidate edges, in rank order
+    chosen = []
+    while len(live):
+        cu, cv = component[u[live]], component[v[live]]
+        crossing = cu != cv
+        live, cu, cv = live[crossing], cu[crossing], cv[crossing]
+        if not len(live):
+            break
+        ends = np.concatenate([cu, cv])
+        ranks = np.concatenate([live, live])
+        by_end = np.lexsort((ranks, ends))
+        first = np.ones(len(by_end), dtype=bool)
+        first[1:] = ends[by_end][1:] != ends[by_end][:-1]
+        best = np.unique(ranks[by_end][first])  # each component's best crossing edge
+        chosen.append(best)
+        merged = connected_labels(len(nodes), component[u[best]], component[v[best]])
+        component = merged[component]
+    keep = np.sort(np.concatenate(chosen)) if chosen else np.empty(0, np.int64)
+    return Pairs(i[keep], j[keep], s[keep])
+
+
+def _exact_copies(x: np.ndarray, texts: list[str] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(first, inverse): the first occurrence of each distinct row (of each distinct
+    (row, text) when `texts`), ascending, and each row's position in `first`."""
+    keys = np.ascontiguousarray(x).view(np.dtype((np.void, x.dtype.itemsize * x.shape[1])))
+    keys = keys.reshape(len(x))
+    if texts is not None:  # copies must also read the same for the confirmation to pass
+        text_ids = np.unique(np.array(texts, dtype=object), return_inverse=True)[1]
+        combined = np.empty(len(x), dtype=[("v", keys.dtype), ("t", np.int64)])
+        combined["v"], combined["t"] = keys, text_ids.reshape(-1)
+        keys = combined
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # distinct rows in input order
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return first[order], rank[inverse.reshape(-1)]
 
 
 def dedup_vectors(
@@ -278,8 +371,11 @@ def dedup_vectors(
     """Cluster unit rows whose cosine reaches `threshold`: the engine-free core of dedup.
 
     `method` is "exact" (all pairs, blocked), "partitioned" (k-means partitions) or
-    "auto" (exact up to EXACT_LIMIT rows). `confirm(text_a, text_b)` filters candidate
-    pairs and needs `texts`.
+    "auto" (exact up to EXACT_LIMIT distinct rows). `confirm(text_a, text_b)` filters
+    candidate pairs and needs `texts`; exact copies (same vector and same text) are joined
+    without asking it. `Clusters.pairs` holds the strongest accepted pairs that connect
+    each cluster (a spanning forest, fewer pairs than rows), not every pair inside it:
+    memory stays linear in n however large a cluster is.
     """
     x = ops.check_vectors(vectors, "vectors")
     if not -1.0 <= threshold <= 1.0:
@@ -287,16 +383,36 @@ def dedup_vectors(
     check = _resolve_confirm(confirm)
     if check is not None and (texts is None or len(texts) != len(x)):
         raise ValueError("confirm needs texts, one per vector")
-    if method == "auto":
-        method = "exact" if len(x) <= EXACT_LIMIT else "partitioned"
-    if method == "exact":
-        pairs = exact_pairs(x, threshold)
-    elif method == "partitioned":
-        pairs = partitioned_pairs(x, threshold, partitions=partitions, seed=seed)
-    else:
+    if method not in ("auto", "exact", "partitioned"):
         raise ValueError(f"method must be 'auto', 'exact' or 'partitioned', got {method!r}")
-    if check is not None and texts is not None:
-        pairs = _confirmed(pairs, texts, texts, check)
+    first, inverse = _exact_copies(x, texts if check is not None else None)
+    distinct = np.ascontiguousarray(x[first])
+    if method == "auto":
+        method = "exact" if len(distinct) <= EXACT_LIMIT else "partitioned"
+    if method == "exact":
+        tiles = _exact_tiles(distinct, threshold)
+    else:
+        tiles = _partitioned_tiles(distinct, threshold, partitions=partitions, seed=seed)
+    distinct_texts = [texts[r] for r in first] if check is not None and texts is not None else []
+    forest, held = [], 0
+    for tile in tiles:
+        if check is not None:
+            tile = _confirmed(tile, distinct_texts, distinct_texts, check)
+        if len(tile.i):
+            forest.append(spanning_forest(tile))
+            held += len(forest[-1].i)
+        if held > 2 * len(distinct) + _BLOCK:  # keep the forest small as tiles accumulate
+            forest = [spanning_forest(_concat(forest))]
+            held = len(forest[0].i)
+    found = spanning_forest(_concat(forest))
+    copies = np.flatnonzero(first[inverse] != np.arange(len(x)))
+    original = first[inverse[copies]]
+    copy_scores = np.einsum("ij,ij->i", x[original], x[copies]).astype(np.float32)
+    pairs = _concat(
+        [Pairs(first[found.i], first[found.j], found.score), Pairs(original, copies, copy_scores)]
+    )
+    order = np.lexsort((pairs.j, pairs.i))
+    pairs = Pairs(pairs.i[order], pairs.j[order], pairs.score[order])
     return Clusters(connected_labels(len(x), pairs.i, pairs.j), pairs)
 
 
