@@ -369,3 +369,16 @@ def test_not_a_sentence_transformers_dir_names_what_is_missing(
     shutil.copy(st_dirs["bert"] / "model.safetensors", path / "model.safetensors")
     with pytest.raises(InvalidInputError, match=r"\['Dense'\] not supported"):
         load_model_spec(path)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_cuda_torch_matches_sentence_transformers(st_dirs: dict[str, Path], name: str) -> None:
+    """The same parity on CUDA: fp32 as on the CPU, fp16 within half precision, truncation too."""
+    expected = st_encode(st_dirs[name], TEXTS)
+    fp32 = Engine(st_dirs[name], device="cuda", backend="torch", precision="fp32")
+    assert min_cosine(fp32.embed(TEXTS), expected) >= 0.9999
+    fp16 = Engine(st_dirs[name], device="cuda", backend="torch", precision="fp16", truncate_dim=8)
+    assert min_cosine(fp16.embed(TEXTS), expected[:, :8]) >= 0.999  # min_cosine renormalises
+    prompted = st_encode(st_dirs[name], TEXTS, prompt="query: ")[:, :8]
+    assert min_cosine(fp16.embed(TEXTS, prompt="query: "), prompted) >= 0.999
