@@ -192,7 +192,7 @@ def test_pad_token_is_the_tokenizers_own(st_dirs: dict[str, Path]) -> None:
     assert load_model_spec(st_dirs["bert"]).pad_token_id == 0
     assert load_model_spec(st_dirs["xlm-roberta"]).pad_token_id == 1
     assert load_model_spec(st_dirs["mpnet"]).pad_token_id == 1
-    # XLM-R positions start after the padding index: 66 positions hold 63 tokens; the
+    # XLM-R positions start after the padding index: 66 positions hold 64 tokens; the
     # sentence-transformers config asked for 32.
     assert load_model_spec(st_dirs["xlm-roberta"]).max_seq_length == 32
 
