@@ -37,7 +37,7 @@ class TextTokenizer:
         self._tokenizer = Tokenizer.from_file(str(spec.path / "tokenizer.json"))
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length=spec.max_seq_length)
-        self.pad_id = self._tokenizer.token_to_id("[PAD]") or 0
+        self.pad_id = spec.pad_token_id  # the tokenizer's own (<pad> is 1 in XLM-R / MPNet)
         self.max_length = spec.max_seq_length
 
     def __call__(self, texts: Sequence[str]) -> Tokenized:

@@ -76,7 +76,8 @@ class Engine:
     accuracy). `batch_tokens` caps padded tokens per batch and `max_batch_size` texts per
     batch (defaults per device, measured: small batches stay in the CPU's caches, large
     ones fill a GPU). `store`: an EmbeddingStore or a path to one, consulted before
-    encoding (see `attach_store`).
+    encoding (see `attach_store`). `truncate_dim`: keep the first truncate_dim dimensions
+    (Matryoshka models), renormalised; `dim` is then truncate_dim.
     """
 
     def __init__(
@@ -89,8 +90,9 @@ class Engine:
         batch_tokens: int | None = None,
         max_batch_size: int | None = None,
         store: EmbeddingStore | str | Path | None = None,
+        truncate_dim: int | None = None,
     ) -> None:
-        self.spec: ModelSpec = load_model_spec(model)
+        self.spec: ModelSpec = load_model_spec(model, truncate_dim=truncate_dim)
         self.device = resolve_device(device)
         if Device(device) is Device.AUTO and self.device is Device.CPU:
             log.info("device='auto' chose the CPU: %s", cuda_unavailable_reason())
@@ -125,6 +127,9 @@ class Engine:
             "dim": self.dim,
             "max_seq_length": self.spec.max_seq_length,
             "pooling": self.spec.pooling,
+            "architecture": self.spec.model_type,
+            "truncate_dim": self.spec.truncate_dim,
+            "prompts": sorted(self.spec.prompts),
             "device": self.encoder.device.value,
             "backend": self.encoder.name,
             "backend_reason": self.backend_reason,
@@ -142,6 +147,8 @@ class Engine:
         progress: bool = False,
         cache: bool = True,
         output: str = "numpy",
+        prompt: str | None = None,
+        prompt_name: str | None = None,
     ) -> Any:
         """Embed texts: (n, dim) float32 unit rows, in input order.
 
@@ -157,11 +164,13 @@ class Engine:
         numpy result without a copy and "cupy" uploads it. A non-str text is an
         InvalidTypeError and a text with a lone surrogate (not valid Unicode) an
         InvalidInputError, each naming its position (see embengine.validation).
+        prompt / prompt_name: text put before every input, as sentence-transformers does
+        (prompt_name names one of the model's prompts; neither: its default_prompt_name).
         """
         if output not in OUTPUTS:
             raise InvalidInputError(f"output must be one of {OUTPUTS}, got {output!r}")
         started = time.perf_counter()
-        items = check_texts(texts)
+        items = self._prompted(check_texts(texts), prompt, prompt_name)
         unique, inverse = np.unique(np.array(items, dtype=object), return_inverse=True)
         stats = EmbedStats(texts=len(items), unique_texts=len(unique))
         on_device = self.store is None and self._device_resident()
@@ -192,6 +201,35 @@ class Engine:
     def _device_resident(self) -> bool:
         """Can embed keep vectors on the GPU? (a CUDA encoder that returns device rows)"""
         return self.encoder.device is Device.CUDA and hasattr(self.encoder, "encode_device")
+
+    def embed_queries(
+        self, texts: Iterable[str], *, prompt: str | None = None, prompt_name: str | None = None
+    ) -> np.ndarray:
+        """embed() for search queries: the model's "query" prompt unless one is given, as
+        sentence-transformers' encode_query; read from an attached store, never added."""
+        role = self._role_prompt("query", prompt, prompt_name)
+        return self.embed(texts, cache=False, prompt=role)
+
+    def embed_documents(
+        self,
+        texts: Iterable[str],
+        *,
+        progress: bool = False,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
+    ) -> np.ndarray:
+        """embed() for documents: the model's "document" / "passage" / "corpus" prompt
+        (the first it has) unless one is given, as sentence-transformers' encode_document."""
+        role = self._role_prompt("document", prompt, prompt_name)
+        return self.embed(texts, progress=progress, prompt=role)
+
+    def _role_prompt(self, role: str, prompt: str | None, prompt_name: str | None) -> str:
+        return self.spec.resolve_prompt(prompt, prompt_name, role=role)
+
+    def _prompted(self, items: list[str], prompt: str | None, prompt_name: str | None) -> list[str]:
+        """`items` with the resolved prompt put before each (the store keys the prompted text)."""
+        prefix = self.spec.resolve_prompt(prompt, prompt_name)
+        return [prefix + text for text in items] if prefix else items
 
     def classifier(
         self, examples: Mapping[Hashable, Sequence[str]] | None = None, **options: Any
@@ -287,31 +325,54 @@ class Engine:
         *,
         kind: str = "flat",
         lexical: bool = False,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
         **options: Any,
     ) -> VectorIndex:
         """A VectorIndex of `texts` under `ids` (default 0..n-1), searchable by text.
 
         kind "flat" (exact), "ivf" or "hnsw"; lexical=True adds BM25 for hybrid search;
         other options go to VectorIndex (device, exact, nlist, nprobe, m, ef_search, ...).
+        Texts are embedded with the document prompt (see embed_documents; prompt= or
+        prompt_name= to choose another); the index stores the texts without it.
         """
         from embengine.index import VectorIndex
 
         items = check_texts(texts)
         index = VectorIndex(self.dim, kind=kind, lexical=lexical, engine=self, **options)
-        index.add(items, None if ids is None else list(ids))
+        vectors = self.embed_documents(items, prompt=prompt, prompt_name=prompt_name)
+        index.add(vectors, None if ids is None else list(ids), texts=items)
         return index
 
     def search(
-        self, queries: Iterable[str], index: VectorIndex, k: int = 10, **options: Any
+        self,
+        queries: Iterable[str],
+        index: VectorIndex,
+        k: int = 10,
+        *,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
+        **options: Any,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Search `index` with text queries embedded by this engine: (scores, ids), (n, k).
 
         The index must hold this model's vectors (ModelMismatchError otherwise); options as
         VectorIndex.search (allow, mode, fusion, weight, depth). Queries are read from an
-        attached store but never added to it (embed them first to keep them).
+        attached store but never added to it (embed them first to keep them). Queries get
+        the query prompt (see embed_queries; prompt= or prompt_name= to choose another).
         """
         index.attach_engine(self)
-        return index.search(check_texts(queries), k, **options)
+        items = check_texts(queries)
+        role = self._role_prompt("query", prompt, prompt_name)
+        mode = options.get("mode", "dense")
+        if not role or mode == "lexical":  # BM25 scores the query's own words
+            return index.search(items, k, **options)
+        if mode != "dense":
+            raise InvalidInputError(
+                f"mode={mode!r} with a query prompt ({role!r}): VectorIndex embeds hybrid "
+                "queries itself, without prompts; use mode='dense' or prompt=''"
+            )
+        return index.search(self.embed(items, cache=False, prompt=role), k, **options)
 
     def _encode(
         self, texts: list[str], stats: EmbedStats, progress: bool, *, on_device: bool = False

@@ -28,21 +28,27 @@ class Encoder(Protocol):
 def pool(states: Any, mask: Any, mode: str) -> Any:
     """Token states (batch, tokens, dim) -> unit rows, in the states' framework and device.
 
-    Mean pooling is the fused kernel; cls and max use plain array ops (numpy or torch),
+    Mean pooling is the fused kernel; cls, max and lasttoken use plain array ops (numpy or torch),
     then the normalisation kernel.
     """
     if mode == "mean":
         return ops.mean_pool_normalize(states, mask)
-    if mode not in ("cls", "max"):
+    if mode not in ("cls", "max", "lasttoken"):
         raise ValueError(f"unknown pooling mode {mode!r}")
     if isinstance(states, np.ndarray):
-        if mode == "cls":
+        if mode == "lasttoken":  # batches are right-padded: the last real token
+            last = np.maximum(mask.sum(axis=1) - 1, 0)
+            pooled = states[np.arange(len(states)), last].astype(np.float32)
+        elif mode == "cls":
             pooled = states[:, 0].astype(np.float32)
         else:
             masked = np.where(mask[:, :, None] != 0, states.astype(np.float32), -np.inf)
             pooled = np.nan_to_num(masked.max(axis=1), neginf=0.0)
         return ops.normalize_rows_(np.ascontiguousarray(pooled, dtype=np.float32))
-    if mode == "cls":
+    if mode == "lasttoken":
+        last = (mask.sum(dim=1) - 1).clamp(min=0)[:, None, None].expand(-1, 1, states.shape[-1])
+        pooled = states.gather(1, last).squeeze(1).float()
+    elif mode == "cls":
         pooled = states[:, 0].float()
     else:
         masked = states.float().masked_fill(mask[:, :, None] == 0, float("-inf"))

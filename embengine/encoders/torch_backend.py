@@ -1,4 +1,4 @@
-"""PyTorch backend: the BERT module on CPU (fp32) or CUDA (fp16 / bf16 / fp32)."""
+"""PyTorch backend: the model (models/hf.py) on CPU (fp32) or CUDA (fp16 / bf16 / fp32)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class TorchEncoder:
 
     def __init__(self, spec: ModelSpec, device: Device, precision: str = "auto") -> None:
         torch = require("torch", "the torch backend")
-        from embengine.models.bert import BertEncoder
+        from embengine.models.hf import load_token_module
 
         if precision == "auto":
             precision = "fp16" if device is Device.CUDA else "fp32"
@@ -37,7 +37,7 @@ class TorchEncoder:
         self.details: dict[str, object] = {"torch": torch.__version__}
         self._torch = torch
         self.torch_device = torch.device("cuda" if device is Device.CUDA else "cpu")
-        model = BertEncoder.from_dir(spec.path, spec.config, spec.weights_file)
+        model = load_token_module(spec)  # BERT: models/bert.py; others: transformers
         self.model = model.to(self.torch_device, dtype=getattr(torch, PRECISIONS[precision]))
 
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:

@@ -16,6 +16,16 @@ from torch import nn
 SUPPORTED_MODEL_TYPES = ("bert",)
 
 
+def supports(config: dict) -> bool:
+    """True when this module computes exactly what Hugging Face's BertModel does for `config`
+    (other BERT variants, and every other architecture, run through models/hf.py)."""
+    return (
+        config.get("model_type") in SUPPORTED_MODEL_TYPES
+        and config.get("hidden_act", "gelu") == "gelu"
+        and config.get("position_embedding_type", "absolute") == "absolute"
+    )
+
+
 class BertLayer(nn.Module):
     def __init__(self, hidden: int, heads: int, intermediate: int, eps: float) -> None:
         super().__init__()

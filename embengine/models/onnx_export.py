@@ -5,6 +5,8 @@ ONNX Runtime's BERT optimizer fuses it), then goes through `onnxruntime.transfor
 optimizer (fused Attention, SkipLayerNormalization, BiasGelu) and, per precision, fp16
 conversion or int8 dynamic quantisation. The graph ends at the token states; pooling and
 normalisation stay in embengine's kernel, shared by every backend.
+Other architectures (models/hf.py) use the directory's own onnx/model.onnx when it has one,
+else an export of transformers' AutoModel, unfused.
 
 A cache file is keyed by the model fingerprint (weights, config, tokenizer), the opset, the
 precision, the graph variant and this module's export version: change any of them and a new
@@ -22,6 +24,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -120,20 +123,31 @@ def cached_export(
 
 
 def export(spec: ModelSpec, *, precision: str, variant: str = "fused", opset: int = OPSET) -> bytes:
-    """Export the model's token-state graph to ONNX bytes (no caching)."""
+    """Export the model's token-state graph to ONNX bytes (no caching).
+
+    BERT: our module, then ORT's BERT fusions. Other architectures: the directory's own
+    onnx/model.onnx when present, else an export of transformers' AutoModel (unfused).
+    """
     export_key(spec, precision=precision, variant=variant, opset=opset)  # validates
     torch = require("torch", "exporting the model to ONNX")
     require("onnx", "exporting the model to ONNX")
-    from embengine.models.bert import BertEncoder
+    from embengine.models.hf import adapt_onnx, load_token_module
 
-    module = BertEncoder.from_dir(spec.path, spec.config, spec.weights_file)
-    module.explicit_attention = True
+    if variant == "plain" and precision != "fp32":
+        raise ValueError("the plain graph (TensorRT) is exported in fp32; TensorRT picks fp16")
+    if spec.onnx_file is not None:
+        return _lower_precision(adapt_onnx(spec.onnx_file, spec.dim), precision)
+    module = load_token_module(spec, for_export=True)
+    if spec.fast_path:
+        module.inner.explicit_attention = True
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # The legacy exporter is chosen on purpose (dynamo=False below); the tracer's notes
         # about sizes turned into constants concern fixed sizes only (the head dimension).
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        if not spec.fast_path:  # the exporter's notes on transformers' indexing (no negatives)
+            warnings.simplefilter("ignore", UserWarning)
         example = torch.ones((2, 8), dtype=torch.int64)
         torch.onnx.export(
             module,
@@ -151,10 +165,11 @@ def export(spec: ModelSpec, *, precision: str, variant: str = "fused", opset: in
             dynamo=False,  # the TorchScript exporter gives the node pattern ORT's fusions expect
         )
     if variant == "plain":
-        if precision != "fp32":
-            raise ValueError("the plain graph (TensorRT) is exported in fp32; TensorRT picks fp16")
         return buffer.getvalue()
-    return _optimize(buffer.getvalue(), module.num_heads, module.hidden_size, precision)
+    if not spec.fast_path:
+        return _lower_precision(buffer.getvalue(), precision)
+    bert = module.inner
+    return _optimize(buffer.getvalue(), bert.num_heads, bert.hidden_size, precision)
 
 
 def _optimize(model: bytes, num_heads: int, hidden_size: int, precision: str) -> bytes:
@@ -174,6 +189,25 @@ def _optimize(model: bytes, num_heads: int, hidden_size: int, precision: str) ->
     fused = optimized.get_fused_operator_statistics()
     if not fused.get("Attention"):
         log.warning("ONNX export: attention was not fused (%s); the graph will run slower", fused)
+    return _convert(optimized, precision)
+
+
+def _lower_precision(model: bytes, precision: str) -> bytes:
+    """An unfused graph (not BERT) in `precision`: fp32 as is, else converted as _optimize does."""
+    if precision == "fp32":
+        return model
+    import onnx
+
+    require("onnxruntime", "converting the ONNX export")
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    return _convert(OnnxModel(onnx.load_from_string(model)), precision)
+
+
+def _convert(optimized: Any, precision: str) -> bytes:
+    """fp16 conversion or int8 dynamic quantisation of an ORT OnnxModel (fp32: serialised)."""
+    import onnx
+
     if precision == "fp16":
         optimized.convert_float_to_float16(keep_io_types=True)
     if precision != "int8":
