@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -19,6 +20,7 @@ from embengine.validation import check_texts
 
 if TYPE_CHECKING:
     from embengine.index import VectorIndex
+    from embengine.serve.coalesce import Coalescer
     from embengine.store import EmbeddingStore
     from embengine.tasks.anomaly import AnomalyDetector
     from embengine.tasks.classify import Classifier
@@ -37,7 +39,8 @@ CPU_MAX_BATCH_SIZE = 32
 
 @dataclass
 class EmbedStats:
-    """Counters for embed calls; `Engine.last_stats` is the latest call, `Engine.stats` all."""
+    """Counters for embed calls: `Engine.last_stats` is this thread's latest call,
+    `Engine.stats` all calls; `Engine.embed_with_stats` returns a call's own."""
 
     texts: int = 0
     unique_texts: int = 0  # texts actually encoded (repeats in one call are encoded once)
@@ -71,7 +74,9 @@ class Engine:
     accuracy). `batch_tokens` caps padded tokens per batch and `max_batch_size` texts per
     batch (defaults per device, measured: small batches stay in the CPU's caches, large
     ones fill a GPU). `store`: an EmbeddingStore or a path to one, consulted before
-    encoding (see `attach_store`).
+    encoding (see `attach_store`). `coalesce`: small `embed` calls made while another is
+    running join the request coalescer's next batch (README, Serving); `aembed` always
+    coalesces. Safe to share between threads.
     """
 
     def __init__(
@@ -84,6 +89,7 @@ class Engine:
         batch_tokens: int | None = None,
         max_batch_size: int | None = None,
         store: EmbeddingStore | str | Path | None = None,
+        coalesce: bool = False,
     ) -> None:
         self.spec: ModelSpec = load_model_spec(model)
         self.device = resolve_device(device)
@@ -102,11 +108,43 @@ class Engine:
         self.batch_tokens = batch_tokens or (65536 if cuda else CPU_BATCH_TOKENS)
         self.max_batch_size = max_batch_size or (1024 if cuda else CPU_MAX_BATCH_SIZE)
         self.stats = EmbedStats()
-        self.last_stats = EmbedStats()
+        self._stats_lock = threading.Lock()
+        self._local = threading.local()  # last_stats, per calling thread
+        self.coalesce = coalesce
+        self._coalescer: Coalescer | None = None
+        self._running = 0  # direct embed calls in flight (coalesce=True queues behind them)
         self.store: EmbeddingStore | None = None
         self.autosave = True
         if store is not None:
             self.attach_store(store)
+
+    @property
+    def last_stats(self) -> EmbedStats:
+        """Stats of the calling thread's latest `embed` (per thread, so never another's)."""
+        return getattr(self._local, "stats", None) or EmbedStats()
+
+    @last_stats.setter
+    def last_stats(self, stats: EmbedStats) -> None:
+        self._local.stats = stats
+
+    @property
+    def coalescer(self) -> Coalescer:
+        """The request coalescer over this engine, made on first use (see `aembed`)."""
+        with self._stats_lock:
+            if self._coalescer is None:
+                from embengine.serve.coalesce import Coalescer
+
+                self._coalescer = Coalescer([self])
+            return self._coalescer
+
+    async def aembed(self, texts: Iterable[str]) -> np.ndarray:
+        """`embed` for asyncio: awaits a batch shared with concurrent callers.
+
+        Raises OverloadedError at once when the coalescer's queue is full.
+        """
+        vectors, stats = await self.coalescer.aembed(check_texts(texts))
+        self.last_stats = stats
+        return vectors
 
     @property
     def dim(self) -> int:
@@ -133,17 +171,42 @@ class Engine:
         """Embed texts: (n, dim) float32 unit rows, in input order.
 
         Identical texts in one call are encoded once. Texts longer than the model's max
-        length are truncated and counted in `last_stats.truncated`.
+        length are truncated and counted in `last_stats.truncated`. With coalesce=True, a
+        small call made while another runs joins the coalescer's next batch.
         """
+        items = check_texts(texts)
+        if self.coalesce and self._running and not progress and len(items) < self.max_batch_size:
+            vectors, stats = self.coalescer.embed(items)
+        else:
+            vectors, stats = self.embed_with_stats(items, progress=progress)
+        self.last_stats = stats
+        return vectors
+
+    def embed_with_stats(
+        self, texts: Iterable[str], *, progress: bool = False
+    ) -> tuple[np.ndarray, EmbedStats]:
+        """`embed` run directly in this thread (never coalesced), and this call's own stats."""
         started = time.perf_counter()
         items = check_texts(texts)
+        with self._stats_lock:
+            self._running += 1
+        try:
+            vectors, stats = self._embed(items, progress)
+        finally:
+            with self._stats_lock:
+                self._running -= 1
+        stats.seconds = time.perf_counter() - started
+        with self._stats_lock:
+            self.stats += stats
+        return vectors, stats
+
+    def _embed(self, items: list[str], progress: bool) -> tuple[np.ndarray, EmbedStats]:
         unique, inverse = np.unique(np.array(items, dtype=object), return_inverse=True)
         stats = EmbedStats(texts=len(items), unique_texts=len(unique))
         if self.store is None:
             vectors = self._encode(list(unique), stats, progress)
         else:
             vectors = self._encode_missing(list(unique), stats, progress)
-        stats.seconds = time.perf_counter() - started
         if stats.truncated:
             log.info(
                 "truncated %d of %d texts to %d tokens",
@@ -151,9 +214,7 @@ class Engine:
                 len(unique),
                 self.spec.max_seq_length,
             )
-        self.last_stats = stats
-        self.stats += stats
-        return vectors[inverse.reshape(-1)] if len(items) else vectors
+        return (vectors[inverse.reshape(-1)] if len(items) else vectors), stats
 
     def classifier(
         self, examples: Mapping[Hashable, Sequence[str]] | None = None, **options: Any

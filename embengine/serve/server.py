@@ -1,0 +1,145 @@
+"""Running the app: replicas per device, uvicorn, and a background server for tests.
+
+Replicas: `devices` lists one engine per entry ("cpu", "cuda", "cuda:1"); `workers` N
+repeats the one `device` N times. On the CPU, N engines split the cores (each ONNX session
+gets cores // N intra-op threads) so that N batches run side by side without
+oversubscribing; on GPUs each engine is built, and its worker thread runs, on its own
+device. All replicas take work from one queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from embengine.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    import uvicorn
+    from starlette.applications import Starlette
+
+    from embengine.engine import Engine
+
+
+def parse_devices(device: str, devices: str | None, workers: int) -> list[str]:
+    """The replica list: `devices` ("cuda:0,cuda:1") if given, else `device` x workers."""
+    if workers < 1:
+        raise InvalidInputError(f"workers must be >= 1, got {workers}")
+    if devices:
+        found = [d.strip() for d in devices.split(",") if d.strip()]
+        for d in found:
+            base, _, number = d.partition(":")
+            if base not in ("auto", "cpu", "cuda") or (number and not number.isdigit()):
+                raise InvalidInputError(f"device {d!r} is not cpu, cuda or cuda:N")
+        return found
+    return [device] * workers
+
+
+def build_engines(
+    replicas: Sequence[str],
+    *,
+    model: str | Path | None = None,
+    backend: str = "auto",
+    batch_tokens: int | None = None,
+) -> tuple[list[Engine], Callable[[int], None] | None]:
+    """One engine per replica entry, and the per-worker set-up (pin a GPU) or None."""
+    from embengine import Engine
+
+    engines: list[Engine] = []
+    gpu_of: dict[int, int] = {}
+    for slot, entry in enumerate(replicas):
+        base, _, number = entry.partition(":")
+        if number:
+            import torch
+
+            gpu_of[slot] = int(number)
+            with torch.cuda.device(int(number)):
+                engines.append(
+                    Engine(model, device=base, backend=backend, batch_tokens=batch_tokens)
+                )
+        else:
+            engines.append(Engine(model, device=base, backend=backend, batch_tokens=batch_tokens))
+    cpu = [e for e in engines if e.encoder.device.value == "cpu"]
+    if len(cpu) > 1:
+        threads = max(1, (os.cpu_count() or 1) // len(cpu))
+        for engine in cpu:
+            limit_cpu_threads(engine, threads)
+
+    def pin(slot: int) -> None:
+        if slot in gpu_of:
+            import torch
+
+            torch.cuda.set_device(gpu_of[slot])
+
+    return engines, (pin if gpu_of else None)
+
+
+def limit_cpu_threads(engine: Engine, threads: int) -> None:
+    """Rebuild a CPU ONNX session with `threads` intra-op threads (torch: process-wide, left).
+
+    A `threads=` option on the encoder would make this unnecessary.
+    """
+    session = getattr(engine.encoder, "session", None)
+    if session is None or engine.encoder.device.value != "cpu":
+        return
+    import onnxruntime as ort
+
+    from embengine.models.onnx_export import cached_export
+
+    model, _ = cached_export(engine.spec, precision=engine.encoder.precision)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    engine.encoder.session = ort.InferenceSession(  # type: ignore[attr-defined]
+        model, options, providers=["CPUExecutionProvider"]
+    )
+    engine.encoder.details["intra_op_threads"] = threads
+
+
+def uvicorn_server(app: Starlette, host: str, port: int, *, log_level: str = "info") -> Any:
+    """A uvicorn.Server that drains in-flight requests for up to 30 s on shutdown."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=30,
+        access_log=False,
+    )
+    return uvicorn.Server(config)
+
+
+@contextlib.contextmanager
+def background_server(
+    app: Starlette, *, host: str = "127.0.0.1", startup_timeout: float = 30.0
+) -> Iterator[tuple[uvicorn.Server, str]]:
+    """Serve `app` on a free port of `host` in a thread; yields (server, base URL).
+
+    Leaving the block asks the server to exit (draining in-flight requests) and waits.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    port = sock.getsockname()[1]
+    server = uvicorn_server(app, host, port, log_level="warning")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.01)
+    try:
+        yield server, f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(startup_timeout)
+        sock.close()
