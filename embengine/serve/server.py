@@ -143,3 +143,38 @@ def background_server(
         server.should_exit = True
         thread.join(startup_timeout)
         sock.close()
+
+
+def serve(args: Any) -> None:
+    """`embengine serve`: load engines, index and classifier, then run uvicorn until a signal."""
+    from embengine.serve.app import ServeOptions, create_app, load_classifier
+
+    replicas = parse_devices(args.device, args.devices, args.workers)
+    engines, pin = build_engines(
+        replicas, model=args.model, backend=args.backend, batch_tokens=args.batch_tokens
+    )
+    index = classifier = None
+    if args.index:
+        from embengine.index import VectorIndex
+
+        index = VectorIndex.load(args.index, engine=engines[0])
+    if args.classifier:
+        classifier = load_classifier(args.classifier, engines[0])
+    options = ServeOptions(coalesce=not args.no_coalesce)
+    for flag, field in (
+        ("max_wait_ms", "max_wait_ms"),
+        ("max_queue", "max_queue_texts"),
+        ("max_body_bytes", "max_body_bytes"),
+    ):
+        if getattr(args, flag) is not None:
+            setattr(options, field, getattr(args, flag))
+    app = create_app(
+        engines, index=index, classifier=classifier, options=options, on_worker_start=pin
+    )
+    first = engines[0].describe()
+    print(
+        f"embengine serve: {first['model']} on {', '.join(replicas)} ({first['backend']}), "
+        f"coalesce={options.coalesce}, http://{args.host}:{args.port}",
+        flush=True,
+    )
+    uvicorn_server(app, args.host, args.port, log_level="error" if args.quiet else "info").run()
