@@ -14,7 +14,9 @@ import random
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pytest
@@ -47,26 +49,6 @@ def _texts(n: int, seed: int = 0) -> list[str]:
     return [" ".join(rnd.choice(words) for _ in range(rnd.randint(1, 40))) for _ in range(n)]
 
 
-class Gated:
-    """An engine whose encoder calls wait for `gate` (to hold a batch in flight on purpose)."""
-
-    def __init__(self, engine: Engine, *, fail: bool = False) -> None:
-        self.engine, self.fail = engine, fail
-        self.gate, self.entered = threading.Event(), threading.Event()
-        self.calls: list[int] = []
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.engine, name)
-
-    def embed_with_stats(self, texts: list[str], *, progress: bool = False):
-        self.calls.append(len(texts))
-        self.entered.set()
-        assert self.gate.wait(30), "test gate never opened"
-        if self.fail:
-            raise RuntimeError("encoder exploded")
-        return self.engine.embed_with_stats(texts)
-
-
 @pytest.fixture
 def fresh(engine: Engine) -> Engine:
     """The session engine's model with its own coalescer, counters and per-thread stats."""
@@ -76,10 +58,12 @@ def fresh(engine: Engine) -> Engine:
     return clone
 
 
-def test_concurrent_requests_share_batches_and_get_their_own_rows(engine: Engine) -> None:
+def test_concurrent_requests_share_batches_and_get_their_own_rows(
+    engine: Engine, gated: Callable[..., Any]
+) -> None:
     texts = _texts(48)
     expected = engine.embed(texts)
-    gated = Gated(engine)
+    gated = gated()
     coalescer = Coalescer([gated], max_wait_ms=5)
     first = coalescer.submit(texts[:1])
     assert gated.entered.wait(10)  # the first request is in the encoder, the rest queue
@@ -113,8 +97,10 @@ def test_aembed_from_asyncio_tasks_matches_embed(fresh: Engine) -> None:
     assert fresh.last_stats.texts == 1  # this thread's latest call: one text
 
 
-def test_full_queue_fails_fast_and_the_queued_requests_still_finish(engine: Engine) -> None:
-    gated = Gated(engine)
+def test_full_queue_fails_fast_and_the_queued_requests_still_finish(
+    engine: Engine, gated: Callable[..., Any]
+) -> None:
+    gated = gated()
     coalescer = Coalescer([gated], max_wait_ms=0, max_queue_texts=4)
     running = coalescer.submit(["in the encoder"])
     assert gated.entered.wait(10)
@@ -130,8 +116,8 @@ def test_full_queue_fails_fast_and_the_queued_requests_still_finish(engine: Engi
         coalescer.submit(["after close"])
 
 
-def test_encoder_failure_reaches_every_caller_of_the_batch(engine: Engine) -> None:
-    gated = Gated(engine, fail=True)
+def test_encoder_failure_reaches_every_caller_of_the_batch(gated: Callable[..., Any]) -> None:
+    gated = gated(fail=True)
     coalescer = Coalescer([gated], max_wait_ms=0)
     futures = [coalescer.submit([f"text {i}"]) for i in range(5)]
     gated.gate.set()
@@ -150,8 +136,8 @@ def test_bad_request_is_refused_alone(engine: Engine) -> None:
     assert coalescer.close(10)
 
 
-def test_replicas_take_work_from_one_queue(engine: Engine) -> None:
-    first, second = Gated(engine), Gated(engine)
+def test_replicas_take_work_from_one_queue(engine: Engine, gated: Callable[..., Any]) -> None:
+    first, second = gated(), gated()
     coalescer = Coalescer([first, second], max_wait_ms=0, batch_texts=1)
     texts = _texts(6, seed=2)
     futures = [coalescer.submit([t]) for t in texts]
