@@ -63,7 +63,10 @@ def start_embengine(port: int, extra: list[str], log: Path) -> subprocess.Popen:
     )
 
 
-def start_infinity(binary: str, model_dir: str, port: int, log: Path) -> subprocess.Popen:
+def start_infinity(
+    binary: str, model_dir: str, engine: str, port: int, log: Path
+) -> subprocess.Popen:
+    """infinity-emb v2 on the CPU with its defaults, offline, serving `model_dir` as "minilm"."""
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -73,7 +76,8 @@ def start_infinity(binary: str, model_dir: str, port: int, log: Path) -> subproc
     }
     command = [
         binary, "v2", "--model-id", model_dir, "--port", str(port), "--host", "127.0.0.1",
-        "--device", "cpu", "--engine", "torch", "--url-prefix", "/v1", "--no-bettertransformer",
+        "--device", "cpu", "--engine", engine, "--url-prefix", "/v1",
+        "--served-model-name", "minilm",
     ]  # fmt: skip
     return subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
@@ -215,6 +219,18 @@ async def open_loop(port: int, payloads: list[bytes], rate: float, pool: int) ->
     return latencies
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its children so far."""
+    import psutil
+
+    process = psutil.Process(pid)
+    total = 0.0
+    for p in [process, *process.children(recursive=True)]:
+        times = p.cpu_times()
+        total += times.user + times.system
+    return total
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
@@ -229,7 +245,16 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=256, help="texts per 1-text run (default 256)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--infinity", help="the infinity_emb executable (skipped when absent)")
+    parser.add_argument("--infinity-engine", default="torch", help="torch (default) or optimum")
+    parser.add_argument(
+        "--infinity-model", help="model dir for infinity (optimum needs one with an ONNX file)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="embengine replicas")
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(f"{c}x{t}" for c, t in SCENARIOS),
+        help="clients x texts per request, comma separated (default: all six)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_serve.json")
     args = parser.parse_args()
 
@@ -252,11 +277,9 @@ def main() -> None:
     if args.infinity:
         port = free_port()
         log = logs / "bench_serve_infinity.log"
-        servers["infinity-emb"] = (
-            start_infinity(args.infinity, model_dir, port, log),
-            port,
-            "/health",
-        )
+        directory = args.infinity_model or model_dir
+        process = start_infinity(args.infinity, directory, args.infinity_engine, port, log)
+        servers["infinity-emb"] = (process, port, "/health")
     else:
         skipped["infinity-emb"] = "no --infinity executable given"
     try:
@@ -293,22 +316,26 @@ def run(
     agreement = {}
     expected = engine.embed(probe)
     for name, (_, port, _) in servers.items():
-        got = fetch_vectors(port, model if name != "infinity-emb" else str(engine.spec.path), probe)
+        got = fetch_vectors(port, model if name != "infinity-emb" else "minilm", probe)
         agreement[name] = float((got * expected).sum(axis=1).min())
         print(f"{name}: min cosine to Engine.embed on {len(probe)} texts {agreement[name]:.6f}")
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     offline: dict[str, list[float]] = {}
-    for clients, size in SCENARIOS:
-        key = f"{clients}x{size}"
+    offline_cpu: dict[str, list[float]] = {}
+    for key in args.scenarios.split(","):
+        clients, size = (int(x) for x in key.split("x"))
         n_requests = max(clients, math.ceil(args.texts / size))
         offset = random.Random(key).randrange(len(texts))
         for repeat in range(args.repeats):
-            for name, (_, port, _) in servers.items():
-                name_model = model if name != "infinity-emb" else str(engine.spec.path)
+            for name, (process, port, _) in servers.items():
+                name_model = model if name != "infinity-emb" else "minilm"
                 payloads = bodies(texts, size, n_requests, name_model, offset)
+                cpu = cpu_seconds(process.pid)
                 wall, latencies = asyncio.run(closed_loop(port, payloads, clients))
+                cpu = cpu_seconds(process.pid) - cpu
                 row = {
                     "texts_per_s": n_requests * size / wall,
+                    "texts_per_cpu_s": n_requests * size / cpu,
                     "p50_ms": 1000 * percentile(latencies, 50),
                     "p99_ms": 1000 * percentile(latencies, 99),
                 }
@@ -317,24 +344,31 @@ def run(
                 times = f"p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms"
                 print(f"  {key} repeat {repeat + 1} {name}: {speed}, {times}", flush=True)
             chunk = [texts[(offset + i) % len(texts)] for i in range(n_requests * size)]
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             engine.embed(chunk)
-            offline.setdefault(key, []).append(len(chunk) / (time.perf_counter() - started))
+            seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+            offline.setdefault(key, []).append(len(chunk) / seconds)
+            offline_cpu.setdefault(key, []).append(len(chunk) / cpu)
             print(f"  {key} repeat {repeat + 1} offline embed: {offline[key][-1]:.0f} texts/s")
     table = {
         key: {
             name: {m: statistics.median(r[m] for r in rows) for m in rows[0]}
             for name, rows in by_name.items()
         }
-        | {"offline": {"texts_per_s": statistics.median(offline[key])}}
+        | {
+            "offline": {
+                "texts_per_s": statistics.median(offline[key]),
+                "texts_per_cpu_s": statistics.median(offline_cpu[key]),
+            }
+        }
         for key, by_name in results.items()
     }
     half = {}
-    for name, (_, port, _) in servers.items():
+    for name, (_, port, _) in servers.items() if "64x1" in table else ():
         saturation = table["64x1"][name]["texts_per_s"]
         rate = saturation / 2
         n = max(60, min(400, int(rate * 10)))
-        name_model = model if name != "infinity-emb" else str(engine.spec.path)
+        name_model = model if name != "infinity-emb" else "minilm"
         latencies = asyncio.run(open_loop(port, bodies(texts, 1, n, name_model, 17), rate, 64))
         p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
         half[name] = {"rate": rate, "requests": n, "p50_ms": 1000 * p50, "p99_ms": 1000 * p99,
@@ -347,6 +381,7 @@ def run(
         "repeats": args.repeats,
         "texts_per_run": args.texts,
         "workers": args.workers,
+        "infinity_engine": args.infinity_engine if "infinity-emb" in servers else None,
         "agreement_min_cosine": agreement,
         "skipped": skipped,
         "medians": table,
@@ -368,7 +403,7 @@ def print_tables(report: dict) -> None:
         cells = []
         for name in names:
             r = row[name]
-            cell = f"{r['texts_per_s']:.0f}/s"
+            cell = f"{r['texts_per_s']:.0f}/s ({r['texts_per_cpu_s']:.0f}/cpu-s)"
             if "p50_ms" in r:
                 cell += f", p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms"
             cells.append(cell)
