@@ -285,6 +285,9 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-wait-ms", type=float, help="how long a request waits for company")
     serve.add_argument("--max-queue", type=int, help="queued texts past which requests get 429")
     serve.add_argument("--max-body-bytes", type=int, help="request bodies past this get 413")
+    serve.add_argument(
+        "--max-batch-size", type=int, help="texts per encoder batch (default: 8 on the CPU)"
+    )
     _add_engine_options(serve)
 
 

@@ -37,7 +37,10 @@ if TYPE_CHECKING:
 
 # Defaults, measured with benchmarks/bench_serve.py on the 2-core CPU (README, Serving).
 MAX_WAIT_MS = 2.0  # a lone caller pays at most this; under load nothing
-BATCHES_PER_GATHER = 4  # a gathered call fills up to this many of the engine's batches
+# A gathered call holds up to max(GATHER_TEXTS, 4 x the engine's max_batch_size) texts and
+# max(GATHER_TOKENS, 4 x its batch_tokens) real tokens: enough to sort by length well.
+GATHER_TEXTS = 128
+GATHER_TOKENS = 8192
 MAX_QUEUE_TEXTS = 2048  # ~10 s of backlog on the 2-core CPU: past it, OverloadedError
 WORKER_IDLE_EXIT_S = 30.0  # an idle worker thread ends (and restarts on the next request)
 
@@ -81,8 +84,9 @@ class Coalescer:
     `replicas`: engines (same model) sharing this one queue, one worker thread each (one
     per GPU; on the CPU, engines with fewer threads each). `max_wait_ms`: how long the
     oldest request may wait for others. `batch_texts` / `batch_tokens`: the most texts /
-    real tokens gathered into one call (default BATCHES_PER_GATHER of the first replica's
-    batches). `max_queue_texts`: queued texts past which new requests are refused.
+    real tokens gathered into one call (defaults: GATHER_TEXTS / GATHER_TOKENS, or 4 of
+    the first replica's batches when larger). `max_queue_texts`: queued texts past which
+    new requests are refused.
     """
 
     def __init__(
@@ -106,8 +110,8 @@ class Coalescer:
         self.replicas = list(replicas)
         first = self.replicas[0]
         self.max_wait = max_wait_ms / 1000
-        self.batch_texts = batch_texts or BATCHES_PER_GATHER * first.max_batch_size
-        self.batch_tokens = batch_tokens or BATCHES_PER_GATHER * first.batch_tokens
+        self.batch_texts = batch_texts or max(GATHER_TEXTS, 4 * first.max_batch_size)
+        self.batch_tokens = batch_tokens or max(GATHER_TOKENS, 4 * first.batch_tokens)
         self.max_queue_texts = max_queue_texts
         self.observer = observer
         self._on_worker_start = on_worker_start

@@ -20,6 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 from embengine.errors import InvalidInputError
 
+# Texts per encoder batch for CPU replicas. A served batch is a gather of whatever arrived,
+# in random lengths, so large batches pad much: on STS-B sentences, a 32-text request run
+# as one batch computes 2.39x its real tokens, as batches of 8 1.26x (a 128-text gather:
+# 1.35x vs 1.07x; the offline default of 32 sees sorted 1,024-text chunks: 1.03x).
+# Measured (benchmarks/bench_serve.py notes, shared 2-core CPU): 32-text calls 1.5x more
+# texts per CPU-second with batches of 8 than of 32; 256-text calls 0.9x.
+SERVE_CPU_MAX_BATCH_SIZE = 8
+
 if TYPE_CHECKING:
     import uvicorn
     from starlette.applications import Starlette
@@ -47,8 +55,12 @@ def build_engines(
     model: str | Path | None = None,
     backend: str = "auto",
     batch_tokens: int | None = None,
+    max_batch_size: int | None = None,
 ) -> tuple[list[Engine], Callable[[int], None] | None]:
-    """One engine per replica entry, and the per-worker set-up (pin a GPU) or None."""
+    """One engine per replica entry, and the per-worker set-up (pin a GPU) or None.
+
+    `max_batch_size` None: SERVE_CPU_MAX_BATCH_SIZE on the CPU, the engine's default on GPUs.
+    """
     from embengine import Engine
 
     engines: list[Engine] = []
@@ -66,6 +78,11 @@ def build_engines(
         else:
             engines.append(Engine(model, device=base, backend=backend, batch_tokens=batch_tokens))
     cpu = [e for e in engines if e.encoder.device.value == "cpu"]
+    for engine in engines:
+        if max_batch_size is not None:
+            engine.max_batch_size = max_batch_size
+        elif engine in cpu:
+            engine.max_batch_size = SERVE_CPU_MAX_BATCH_SIZE
     if len(cpu) > 1:
         threads = max(1, (os.cpu_count() or 1) // len(cpu))
         for engine in cpu:
@@ -151,7 +168,11 @@ def serve(args: Any) -> None:
 
     replicas = parse_devices(args.device, args.devices, args.workers)
     engines, pin = build_engines(
-        replicas, model=args.model, backend=args.backend, batch_tokens=args.batch_tokens
+        replicas,
+        model=args.model,
+        backend=args.backend,
+        batch_tokens=args.batch_tokens,
+        max_batch_size=args.max_batch_size,
     )
     index = classifier = None
     if args.index:
