@@ -249,7 +249,7 @@ def main() -> None:
     parser.add_argument(
         "--infinity-model", help="model dir for infinity (optimum needs one with an ONNX file)"
     )
-    parser.add_argument("--workers", type=int, default=1, help="embengine replicas")
+    parser.add_argument("--workers", type=int, help="embengine serve --workers (default: its own)")
     parser.add_argument(
         "--scenarios",
         default=",".join(f"{c}x{t}" for c, t in SCENARIOS),
@@ -265,7 +265,7 @@ def main() -> None:
     model_dir = str(engine.spec.path)
     logs = Path(os.environ.get("TMPDIR", "/tmp"))
     servers: dict[str, tuple[subprocess.Popen, int, str]] = {}
-    workers = ["--workers", str(args.workers)]
+    workers = [] if args.workers is None else ["--workers", str(args.workers)]
     for name, extra in (
         ("embengine", workers),
         ("embengine-nocoalesce", [*workers, "--no-coalesce"]),

@@ -275,7 +275,11 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--index", help="a saved VectorIndex to serve at /v1/search")
     serve.add_argument("--classifier", help="a saved Classifier to serve at /v1/classify")
-    serve.add_argument("--workers", type=int, default=1, help="engine replicas on --device")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="batches run side by side on --device (default: one per core on the CPU, 1 on CUDA)",
+    )
     serve.add_argument(
         "--devices", help="one replica per listed device instead, e.g. cuda:0,cuda:1"
     )
