@@ -1,16 +1,16 @@
 """Request coalescing: many small concurrent `embed` calls become a few token-budget batches.
 
 A service that embeds one text per request pays the encoder's whole per-batch cost for
-every text. The Coalescer queues requests from any thread or asyncio task; a worker per
-replica (one engine per device) takes the oldest request, waits at most `max_wait_ms`
-(from that request's arrival) for company, and runs everything gathered up to a budget of
-texts and tokens as one `embed` call, whose own batcher sorts by length and packs token-
-budget batches. Each caller gets back exactly its own rows.
+every text. The Coalescer queues requests from any thread or asyncio task; each worker
+(one or more per engine) takes the oldest request and everything queued behind it up to a
+budget of texts and tokens, and runs them as one `embed` call, whose own batcher sorts by
+length and packs batches. Each caller gets back exactly its own rows. While another
+worker is running a batch, a worker waits at most `max_wait_ms` (from the oldest
+request's arrival) for company; with every worker idle it starts at once, so a lone
+caller pays nothing, and under load batches form from what arrived during the last one.
 
 The queue is bounded in texts: a request that would overflow it raises OverloadedError at
-once (HTTP 429) instead of waiting behind an unbounded backlog. Under load the oldest
-request has already waited past `max_wait_ms`, so no time is added; the wait only costs
-a lone caller, at most `max_wait_ms` per request.
+once (HTTP 429) instead of waiting behind an unbounded backlog.
 
 Replicas are anything with the small `Replica` interface (an embengine.Engine).
 """
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from embengine.batching import Tokenized
 
 # Defaults, measured with benchmarks/bench_serve.py on the 2-core CPU (README, Serving).
-MAX_WAIT_MS = 2.0  # a lone caller pays at most this; under load nothing
+MAX_WAIT_MS = 2.0  # the most a request waits for company while another batch runs
 # A gathered call holds up to max(GATHER_TEXTS, 4 x the engine's max_batch_size) texts and
 # max(GATHER_TOKENS, 4 x its batch_tokens) real tokens: enough to sort by length well.
 GATHER_TEXTS = 128
@@ -81,12 +81,12 @@ class _Request:
 class Coalescer:
     """Gathers concurrent embed requests into shared batches over one or more replicas.
 
-    `replicas`: engines (same model) sharing this one queue, one worker thread each (one
-    per GPU; on the CPU, engines with fewer threads each). `max_wait_ms`: how long the
-    oldest request may wait for others. `batch_texts` / `batch_tokens`: the most texts /
-    real tokens gathered into one call (defaults: GATHER_TEXTS / GATHER_TOKENS, or 4 of
-    the first replica's batches when larger). `max_queue_texts`: queued texts past which
-    new requests are refused.
+    `replicas`: engines (same model) sharing this one queue, one worker thread per entry
+    (one per GPU; on the CPU, the same engine listed once per stream). `max_wait_ms`: how
+    long the oldest request may wait for others while another batch runs. `batch_texts` /
+    `batch_tokens`: the most texts / real tokens gathered into one call (defaults:
+    GATHER_TEXTS / GATHER_TOKENS, or 4 of the first replica's batches when larger).
+    `max_queue_texts`: queued texts past which new requests are refused.
     """
 
     def __init__(
@@ -233,7 +233,9 @@ class Coalescer:
                     self._queued_texts >= self.batch_texts
                     or self._queued_tokens >= self.batch_tokens
                 )
-                if left > 0 and not full and not self._closing:
+                # Wait for company only while another batch runs: an idle encoder starts at
+                # once, and requests arriving meanwhile form the next, larger batch.
+                if left > 0 and not full and self._busy and not self._closing:
                     self._cond.wait(left)
                     continue  # another worker may have taken the requests meanwhile
                 batch = [self._queue.popleft()]  # a request over budget runs alone
