@@ -9,6 +9,7 @@ skipped (--on-error skip; they are listed); 130 interrupted (rerun to resume).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import io
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_anomaly(commands)
     _add_dedup(commands)
     _add_recommend(commands)
+    _add_serve(commands)
     return parser
 
 
@@ -262,6 +264,47 @@ def _add_recommend(commands: argparse._SubParsersAction) -> None:
     recommend.add_argument("-k", "--k", type=int, default=10, help="items to recommend")
     _add_output_options(recommend, "recommendations")
     _add_engine_options(recommend)
+
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="HTTP server: OpenAI-compatible /v1/embeddings, /v1/search, /v1/classify, /metrics",
+        description="Serve the model over HTTP (needs the serve extra: pip install "
+        "'embengine[serve]'). Concurrent requests are coalesced into shared batches; a full "
+        "queue answers 429. SIGINT / SIGTERM drain in-flight requests, then exit.",
+    )
+    serve.set_defaults(run=_run_serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--index", help="a saved VectorIndex to serve at /v1/search")
+    serve.add_argument("--classifier", help="a saved Classifier to serve at /v1/classify")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="batches run side by side on --device (default: one per core on the CPU, 1 on CUDA)",
+    )
+    serve.add_argument(
+        "--devices", help="one replica per listed device instead, e.g. cuda:0,cuda:1"
+    )
+    serve.add_argument(
+        "--no-coalesce", action="store_true", help="one encoder call per request (for comparison)"
+    )
+    serve.add_argument("--max-wait-ms", type=float, help="how long a request waits for company")
+    serve.add_argument("--max-queue", type=int, help="queued texts past which requests get 429")
+    serve.add_argument("--max-body-bytes", type=int, help="request bodies past this get 413")
+    serve.add_argument(
+        "--max-batch-size", type=int, help="texts per encoder batch (default: 8 on the CPU)"
+    )
+    _add_engine_options(serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from embengine.serve.server import serve
+
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the signal once drained
+        serve(args)
+    return EXIT_OK
 
 
 def _engine(args: argparse.Namespace) -> Engine:

@@ -80,7 +80,9 @@ def resolve_device(device: str | Device) -> Device:
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}") from None
     if wanted is Device.CPU:
         return Device.CPU
-    usable = _torch_cuda_available() and cuda_available()
+    # Our own kernels' device count first: it costs microseconds, while importing torch to
+    # ask it costs seconds and ~250 MB, which device="auto" on a CPU machine never needs.
+    usable = cuda_available() and _torch_cuda_available()
     if wanted is Device.CUDA and not usable:
         raise RuntimeError(f"device='cuda' was requested but {cuda_unavailable_reason()}")
     return Device.CUDA if usable else Device.CPU

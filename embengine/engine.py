@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -21,6 +22,7 @@ from embengine.validation import check_texts
 if TYPE_CHECKING:
     from embengine.index import VectorIndex
     from embengine.records import Record
+    from embengine.serve.coalesce import Coalescer
     from embengine.store import EmbeddingStore
     from embengine.tasks.anomaly import AnomalyDetector
     from embengine.tasks.classify import Classifier
@@ -41,7 +43,8 @@ OUTPUTS = ("numpy", "torch", "cupy")
 
 @dataclass
 class EmbedStats:
-    """Counters for embed calls; `Engine.last_stats` is the latest call, `Engine.stats` all."""
+    """Counters for embed calls: `Engine.last_stats` is this thread's latest call,
+    `Engine.stats` all calls; `Engine.embed_with_stats` returns a call's own."""
 
     texts: int = 0
     unique_texts: int = 0  # texts actually encoded (repeats in one call are encoded once)
@@ -77,7 +80,9 @@ class Engine:
     batch (defaults per device, measured: small batches stay in the CPU's caches, large
     ones fill a GPU). `store`: an EmbeddingStore or a path to one, consulted before
     encoding (see `attach_store`). `truncate_dim`: keep the first truncate_dim dimensions
-    (Matryoshka models), renormalised; `dim` is then truncate_dim.
+    (Matryoshka models), renormalised; `dim` is then truncate_dim. `coalesce`: small
+    `embed` calls made while another is running join the request coalescer's next batch
+    (README, Serving); `aembed` always coalesces. Safe to share between threads.
     """
 
     def __init__(
@@ -91,6 +96,7 @@ class Engine:
         max_batch_size: int | None = None,
         store: EmbeddingStore | str | Path | None = None,
         truncate_dim: int | None = None,
+        coalesce: bool = False,
     ) -> None:
         self.spec: ModelSpec = load_model_spec(model, truncate_dim=truncate_dim)
         self.device = resolve_device(device)
@@ -109,11 +115,43 @@ class Engine:
         self.batch_tokens = batch_tokens or (65536 if cuda else CPU_BATCH_TOKENS)
         self.max_batch_size = max_batch_size or (1024 if cuda else CPU_MAX_BATCH_SIZE)
         self.stats = EmbedStats()
-        self.last_stats = EmbedStats()
+        self._stats_lock = threading.Lock()
+        self._local = threading.local()  # last_stats, per calling thread
+        self.coalesce = coalesce
+        self._coalescer: Coalescer | None = None
+        self._running = 0  # direct embed calls in flight (coalesce=True queues behind them)
         self.store: EmbeddingStore | None = None
         self.autosave = True
         if store is not None:
             self.attach_store(store)
+
+    @property
+    def last_stats(self) -> EmbedStats:
+        """Stats of the calling thread's latest `embed` (per thread, so never another's)."""
+        return getattr(self._local, "stats", None) or EmbedStats()
+
+    @last_stats.setter
+    def last_stats(self, stats: EmbedStats) -> None:
+        self._local.stats = stats
+
+    @property
+    def coalescer(self) -> Coalescer:
+        """The request coalescer over this engine, made on first use (see `aembed`)."""
+        with self._stats_lock:
+            if self._coalescer is None:
+                from embengine.serve.coalesce import Coalescer
+
+                self._coalescer = Coalescer([self])
+            return self._coalescer
+
+    async def aembed(self, texts: Iterable[str]) -> np.ndarray:
+        """`embed` for asyncio: awaits a batch shared with concurrent callers.
+
+        Raises OverloadedError at once when the coalescer's queue is full.
+        """
+        vectors, stats = await self.coalescer.aembed(check_texts(texts))
+        self.last_stats = stats
+        return vectors
 
     @property
     def dim(self) -> int:
@@ -166,11 +204,49 @@ class Engine:
         InvalidInputError, each naming its position (see embengine.validation).
         prompt / prompt_name: text put before every input, as sentence-transformers does
         (prompt_name names one of the model's prompts; neither: its default_prompt_name).
+        With coalesce=True, a small call made while another runs joins the coalescer's
+        next batch.
         """
         if output not in OUTPUTS:
             raise InvalidInputError(f"output must be one of {OUTPUTS}, got {output!r}")
-        started = time.perf_counter()
         items = self._prompted(check_texts(texts), prompt, prompt_name)
+        coalescable = cache and output == "numpy" and not progress
+        if self.coalesce and self._running and coalescable and len(items) < self.max_batch_size:
+            vectors, stats = self.coalescer.embed(items)
+        else:
+            vectors, stats = self.embed_with_stats(
+                items, progress=progress, cache=cache, output=output
+            )
+        self.last_stats = stats
+        return vectors
+
+    def embed_with_stats(
+        self,
+        texts: Iterable[str],
+        *,
+        progress: bool = False,
+        cache: bool = True,
+        output: str = "numpy",
+    ) -> tuple[Any, EmbedStats]:
+        """`embed` run directly in this thread (never coalesced, no prompt added), and this
+        call's own stats."""
+        started = time.perf_counter()
+        items = check_texts(texts)
+        with self._stats_lock:
+            self._running += 1
+        try:
+            vectors, stats = self._embed(items, progress, cache, output)
+        finally:
+            with self._stats_lock:
+                self._running -= 1
+        stats.seconds = time.perf_counter() - started
+        with self._stats_lock:
+            self.stats += stats
+        return vectors, stats
+
+    def _embed(
+        self, items: list[str], progress: bool, cache: bool, output: str
+    ) -> tuple[Any, EmbedStats]:
         unique, inverse = np.unique(np.array(items, dtype=object), return_inverse=True)
         stats = EmbedStats(texts=len(items), unique_texts=len(unique))
         on_device = self.store is None and self._device_resident()
@@ -179,7 +255,6 @@ class Engine:
             stats.device_outputs = int(on_device)
         else:
             vectors = self._encode_missing(list(unique), stats, progress, cache)
-        stats.seconds = time.perf_counter() - started
         if stats.truncated:
             log.info(
                 "truncated %d of %d texts to %d tokens",
@@ -187,8 +262,6 @@ class Engine:
                 len(unique),
                 self.spec.max_seq_length,
             )
-        self.last_stats = stats
-        self.stats += stats
         if len(items):
             order = inverse.reshape(-1)
             if on_device:
@@ -196,7 +269,7 @@ class Engine:
 
                 order = torch.as_tensor(order, device=vectors.device)
             vectors = vectors[order]
-        return _as_output(vectors, output)
+        return _as_output(vectors, output), stats
 
     def _device_resident(self) -> bool:
         """Can embed keep vectors on the GPU? (a CUDA encoder that returns device rows)"""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -49,3 +50,29 @@ def cli_engine(monkeypatch: pytest.MonkeyPatch, engine: Engine) -> Engine:
 
     monkeypatch.setattr(cli, "_engine", lambda args: engine)
     return engine
+
+
+class GatedEngine:
+    """An engine whose encoder calls wait for `gate` (to hold a batch in flight on purpose)."""
+
+    def __init__(self, engine: Engine, *, fail: bool = False) -> None:
+        self.engine, self.fail = engine, fail
+        self.gate, self.entered = threading.Event(), threading.Event()
+        self.calls: list[int] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.engine, name)
+
+    def embed_with_stats(self, texts: list[str], *, progress: bool = False):
+        self.calls.append(len(texts))
+        self.entered.set()
+        assert self.gate.wait(30), "test gate never opened"
+        if self.fail:
+            raise RuntimeError("encoder exploded")
+        return self.engine.embed_with_stats(texts)
+
+
+@pytest.fixture
+def gated(engine: Engine) -> Callable[..., GatedEngine]:
+    """Makes engines whose batches wait for a gate (serving tests: requests held in flight)."""
+    return lambda fail=False: GatedEngine(engine, fail=fail)
