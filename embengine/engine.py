@@ -218,30 +218,67 @@ class Engine:
         *,
         kind: str = "flat",
         lexical: bool = False,
-        **options: Any,
+        device: str = "auto",
+        exact: str = "kernel",
+        stem: bool = True,
+        nlist: int | None = None,
+        nprobe: int = 48,
+        m: int = 32,
+        ef_construction: int = 200,
+        ef_search: int = 128,
     ) -> VectorIndex:
         """A VectorIndex of `texts` under `ids` (default 0..n-1), searchable by text.
 
         kind "flat" (exact), "ivf" or "hnsw"; lexical=True adds BM25 for hybrid search;
-        other options go to VectorIndex (device, exact, nlist, nprobe, m, ef_search, ...).
+        the other arguments are VectorIndex's (device, exact, stem and the ANN knobs).
         """
         from embengine.index import VectorIndex
 
         items = check_texts(texts)
-        index = VectorIndex(self.dim, kind=kind, lexical=lexical, engine=self, **options)
+        index = VectorIndex(
+            self.dim,
+            kind=kind,
+            lexical=lexical,
+            device=device,
+            exact=exact,
+            stem=stem,
+            engine=self,
+            nlist=nlist,
+            nprobe=nprobe,
+            m=m,
+            ef_construction=ef_construction,
+            ef_search=ef_search,
+        )
         index.add(items, None if ids is None else list(ids))
         return index
 
     def search(
-        self, queries: Iterable[str], index: VectorIndex, k: int = 10, **options: Any
+        self,
+        queries: Iterable[str],
+        index: VectorIndex,
+        k: int = 10,
+        *,
+        allow: Iterable[int | str] | None = None,
+        mode: str = "dense",
+        fusion: str = "rrf",
+        weight: float = 0.5,
+        depth: int = 100,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Search `index` with text queries embedded by this engine: (scores, ids), (n, k).
 
-        The index must hold this model's vectors (ModelMismatchError otherwise); options as
-        VectorIndex.search (allow, mode, fusion, weight, depth).
+        The index must hold this model's vectors (ModelMismatchError otherwise); the keyword
+        arguments are VectorIndex.search's.
         """
         index.attach_engine(self)
-        return index.search(check_texts(queries), k, **options)
+        return index.search(
+            check_texts(queries),
+            k,
+            allow=allow,
+            mode=mode,
+            fusion=fusion,
+            weight=weight,
+            depth=depth,
+        )
 
     def _encode(self, texts: list[str], stats: EmbedStats, progress: bool) -> np.ndarray:
         """Run the model on distinct texts: (n, dim) unit rows in their order; fills `stats`."""
