@@ -15,12 +15,13 @@ rows renumbered, FAISS rebuilt) inside `remove` once a quarter of the slots are 
 the kernel path (half for FAISS kinds, whose rebuild costs more; at once on a GPU index,
 which takes no selector), so the cost is amortised over the removes that caused it.
 
-Exact results do not depend on the batch: the kernel's few-query path scores with the
-native per-pair dot; for larger batches (BLAS tiles) and FAISS flat, a few extra candidates
-are fetched, re-scored with that same native dot, sorted by (score desc, slot asc), and
-kept only when the k-th score clears the next candidate's by the proven float32 rounding
-bound of the BLAS score (as `ops.pairs_above` does); rows that do not are redone on the
-few-query path. Ties go to the earlier slot (the id added first). ANN results are re-scored
+Results do not depend on the batch. The kernel (or FAISS) only nominates candidates, a
+few more than k; each candidate is re-scored by itself (products, then a pairwise sum
+over that one pair: the same arithmetic whatever else is in the call), sorted by (score
+desc, slot asc), and for exact searches kept only when the k-th score beats the last
+nominated one by the proven float32 rounding bound (as `ops.pairs_above` does); rows that
+do not (near-ties at the cut, many dead candidates) are fetched again deeper, up to the
+whole table. Ties go to the earlier slot (the id added first). ANN results are re-scored
 and ordered the same way; their candidate sets are FAISS's.
 
 Threads: one readers-writer lock (embengine._sync.RWLock). Searches, `get`, `save` hold
@@ -43,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from embengine import _native, ops
+from embengine import ops
 from embengine._sync import RWLock
 from embengine.errors import (
     CorruptFileError,
@@ -56,7 +57,6 @@ from embengine.errors import (
 from embengine.index import _faiss, lexical
 from embengine.index.fusion import FUSIONS, fuse
 from embengine.io import load_arrays, save_arrays
-from embengine.ops.similarity import SCAN_MAX_QUERIES
 
 if TYPE_CHECKING:
     from embengine.engine import Engine
@@ -468,7 +468,7 @@ class VectorIndex:
         return self._faiss_search(q, k)
 
     def _faiss_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """FAISS candidates re-scored with the native dot; flat results verified exact."""
+        """FAISS candidates re-scored exactly; flat results checked, failures redone exactly."""
         n, live = self._n, len(self._slot_of)
         bits = self._bits[: -(-n // 8)] if self.dead else None
         base = self._vectors[:n]
@@ -476,10 +476,11 @@ class VectorIndex:
             approx, slots = _faiss.search(self._faiss, q, k, self.params, bits)
             scores, rows, _ = _rescore(q, base, approx, slots, None, k, None)
             return scores, rows
-        fetch = min(live, k + _margin_extra(k))
+        fetch = min(live, k + _extra(k, 0, n))
         approx, slots = _faiss.search(self._faiss, q, fetch, self.params, bits)
-        scores, rows, ok = _rescore(q, base, approx, slots, None, k, _margin(self.dim))
-        if fetch < live and not ok.all():
+        margin = _margin(self.dim) if fetch < live else None
+        scores, rows, ok = _rescore(q, base, approx, slots, None, k, margin)
+        if not ok.all():
             bad = np.flatnonzero(~ok)
             mask = self._live[:n] if self.dead else None
             scores[bad], rows[bad] = _exact_topk(q[bad], base, k, mask, self.dead)
@@ -522,15 +523,14 @@ class VectorIndex:
         lexical_scores, lexical_slots = self._lexical_search(query_texts, depth, allowed)
         width = dense_slots.shape[1] + lexical_slots.shape[1]
         candidates = np.full((len(q), width), -1, dtype=np.int64)
-        dense = np.full(candidates.shape, -np.inf, dtype=np.float32)
         lex = np.full(candidates.shape, -np.inf, dtype=np.float32)
         for row in range(len(q)):
             found = lexical_slots[row] >= 0
             words = lexical_slots[row][found]
             union = np.union1d(dense_slots[row][dense_slots[row] >= 0], words)
             candidates[row, : len(union)] = union
-            dense[row, : len(union)] = _dot(q[row], self._vectors, union)
             lex[row, np.searchsorted(union, words)] = lexical_scores[row][found]
+        dense = np.where(candidates >= 0, _scores(q, self._vectors, candidates), -np.inf)
         fused = fuse(dense, lex, method=fusion, weight=weight)
         scores, local = _top_k(fused, k)
         slots = np.where(local >= 0, np.take_along_axis(candidates, np.maximum(local, 0), 1), -1)
@@ -844,22 +844,23 @@ class VectorIndex:
 
 
 def _margin(dim: int) -> float:
-    """Bound on |BLAS fp32 dot - native fp32 dot| for unit rows: twice gamma_dim, padded.
+    """Bound on |kernel fp32 score - re-scored score| for unit rows, padded.
 
-    (|fl(x.y) - x.y| <= gamma_d |x| |y| for any summation order, gamma_d = d u / (1 - d u).)
+    Any float32 dot (the kernel's SIMD scan, a BLAS tile, FAISS, the pairwise re-score) is
+    within gamma_d = d u / (1 - d u) of the exact dot, whatever its summation order
+    (|fl(x.y) - x.y| <= gamma_d |x| |y|); twice gamma_d covers two of them.
     """
     u = 2.0**-24
     return 2.0 * dim * u / (1.0 - dim * u) * 1.01
 
 
-def _margin_extra(k: int) -> int:
-    """Candidates fetched past k so the k-th usually clears the rounding margin."""
-    return max(8, k // 2)
-
-
-def _dead_extra(k: int, dead: int, n: int) -> int:
-    """Candidates fetched past k to cover dead rows: twice the expected number, plus 8."""
-    return 0 if not dead else min(dead, math.ceil(2 * (k + 8) * dead / n) + 8)
+def _extra(k: int, dead: int, n: int) -> int:
+    """Candidates fetched past k: some for the rounding check, some to cover dead rows
+    (twice their expected number among the candidates)."""
+    extra = max(8, k // 2)
+    if dead:
+        extra += min(dead, math.ceil(2 * (k + extra) * dead / n) + 8)
+    return extra
 
 
 def _exact_topk(
@@ -867,23 +868,24 @@ def _exact_topk(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k rows of `base` (skipping rows where `live` is False): (n, min(k, live)).
 
-    Scores are the native per-pair dot, order (score desc, row asc), whatever the batch.
+    The kernel nominates candidates; `_rescore` scores them exactly and checks that no row
+    left out could compete. Rows that fail (near-ties at the cut, many dead candidates)
+    are fetched again four times deeper, up to the whole table, where the check holds.
     """
     n = len(base)
     k = min(k, n - dead)
+    scores, rows = _empty(len(q), max(k, 0))
     if k <= 0:
-        return _empty(len(q), 0)
-    tiles = len(q) > SCAN_MAX_QUERIES  # the kernel scores with BLAS tiles: verify
-    fetch = min(n, k + _dead_extra(k, dead, n) + (_margin_extra(k) if tiles else 0))
-    approx, rows = ops.topk_cosine(q, base, fetch)
-    margin = _margin(base.shape[1]) if tiles else 0.0
-    check = margin if fetch < n or not tiles else None  # everything fetched: exact already
-    scores, rows, ok = _rescore(q, base, approx, rows, live, k, check)
-    bad = np.flatnonzero(~ok)
-    for start in range(0, len(bad), SCAN_MAX_QUERIES):  # rare: redo on the native scan path
-        chunk = bad[start : start + SCAN_MAX_QUERIES]
-        approx, found = ops.topk_cosine(q[chunk], base, min(n, k + dead))
-        scores[chunk], rows[chunk], _ = _rescore(q[chunk], base, approx, found, live, k, 0.0)
+        return scores, rows
+    fetch = min(n, k + _extra(k, dead, n))
+    todo = np.arange(len(q))
+    while len(todo):
+        approx, cand = ops.topk_cosine(q[todo], base, fetch)
+        margin = _margin(base.shape[1]) if fetch < n else None
+        got_scores, got_rows, ok = _rescore(q[todo], base, approx, cand, live, k, margin)
+        scores[todo], rows[todo] = got_scores, got_rows
+        todo = todo[~ok]
+        fetch = min(n, fetch * 4)
     return scores, rows
 
 
@@ -896,43 +898,38 @@ def _rescore(
     k: int,
     margin: float | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The best k live candidates per row by the native dot, and whether that is exact.
+    """The best k usable candidates per row by `_scores`, ties to the lower row; and per row
+    whether that is provably the exact top-k of the whole table.
 
-    margin: 0.0 when `approx` already is the native dot in (score, row) order (the scan
-    path: only dead rows are dropped, vectorised); > 0 to re-score and check that the
-    k-th native score beats the last fetched approximate one by the margin; None to
-    re-score without a check (everything was fetched, or an approximate search).
+    margin: check that the k-th re-scored score beats the last fetched kernel score by it
+    (anything not fetched scored at most that in the kernel); None: no check (the whole
+    table was fetched, or the search is approximate anyway).
     """
     usable = cand >= 0
     if live is not None:
         usable &= live[np.maximum(cand, 0)]
-    if margin == 0.0:
-        order = np.argsort(~usable, axis=1, kind="stable")[:, :k]
-        scores = np.take_along_axis(approx, order, 1)
-        rows = np.take_along_axis(cand, order, 1)
-        ok = usable.sum(axis=1) >= k
-        hit = np.take_along_axis(usable, order, 1)
-        return np.where(hit, scores, -np.inf).astype(np.float32), np.where(hit, rows, -1), ok
-    scores = np.full((len(q), k), -np.inf, dtype=np.float32)
-    rows = np.full((len(q), k), -1, dtype=np.int64)
-    ok = np.ones(len(q), dtype=bool)
-    for r in range(len(q)):
-        c = cand[r][usable[r]]
-        s = _dot(q[r], base, c)
-        order = np.lexsort((c, -s))[:k]
-        scores[r, : len(order)] = s[order]
-        rows[r, : len(order)] = c[order]
-        if margin is not None:
-            ok[r] = len(order) == k and s[order[-1]] > approx[r, -1] + margin
+    exact = np.where(usable, _scores(q, base, cand), -np.inf).astype(np.float32)
+    key = np.where(usable, cand, np.iinfo(np.int64).max)
+    order = np.lexsort((key, -exact), axis=1)[:, :k]
+    scores = np.take_along_axis(exact, order, 1)
+    rows = np.where(np.isfinite(scores), np.take_along_axis(cand, order, 1), -1)
+    ok = usable.sum(axis=1) >= k
+    if margin is not None and k:
+        ok &= scores[:, -1] > approx[:, -1] + margin
     return scores, rows, ok
 
 
-def _dot(query: np.ndarray, base: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Scores of one query against base[rows] with the native per-pair dot (the same sum
-    the kernel's few-query scan computes, whatever the position of the pair)."""
-    if len(rows) == 0:
-        return np.zeros(0, dtype=np.float32)
-    return _native.dot_tile(query.reshape(1, -1), np.ascontiguousarray(base[rows]))[0]
+def _scores(q: np.ndarray, base: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """(n, c) float32 dots of query r with base[cand[r]], one pair at a time: the products,
+    then numpy's pairwise sum over the contiguous last axis, the same for every pair, so a
+    score never depends on which other rows or queries share the call. -1 candidates: 0."""
+    out = np.empty(cand.shape, dtype=np.float32)
+    step = max(1, (1 << 22) // max(1, cand.shape[1] * q.shape[1]))  # ~16 MiB of products
+    for r0 in range(0, len(q), step):
+        rows = base[np.maximum(cand[r0 : r0 + step], 0)]
+        rows *= q[r0 : r0 + step, None, :]
+        out[r0 : r0 + step] = rows.sum(axis=2)
+    return out
 
 
 # -------------------------------------------------------------------- helpers
