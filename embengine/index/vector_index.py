@@ -857,9 +857,9 @@ def _margin(dim: int) -> float:
 def _extra(k: int, dead: int, n: int) -> int:
     """Candidates fetched past k: some for the rounding check, some to cover dead rows
     (twice their expected number among the candidates)."""
-    extra = max(8, k // 2)
+    extra = 2 + k // 8  # the check fails on near-ties only; those rows are fetched again
     if dead:
-        extra += min(dead, math.ceil(2 * (k + extra) * dead / n) + 8)
+        extra += min(dead, math.ceil(2 * (k + extra) * dead / n) + 2)
     return extra
 
 
