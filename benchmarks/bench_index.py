@@ -1,7 +1,8 @@
 """VectorIndex against the raw kernel and FAISS, side by side in one run.
 
     python benchmarks/bench_index.py [--sizes 10000 100000 1000000] [--queries 1 16 1000]
-                                     [--ann-n 100000] [--no-ann] [--no-io] [--hybrid-max N]
+                                     [--ann-n 100000] [--no-ann] [--no-io] [--io-only]
+                                     [--hybrid-max N] [--out NAME]
 
 Per index size (clustered unit vectors, 384-d, float32): the median seconds of the public
 `VectorIndex.search`, the raw `ops.topk_cosine` on the same table and FAISS IndexFlatIP, run
@@ -227,8 +228,17 @@ def io_child(what: str, n: int, path: str) -> None:
             loaded = faiss.read_index(path)
             assert loaded.ntotal == n
         out["load_s"] = time.perf_counter() - started
-    out["peak_rss_gib"] = rss_gib()
+    out["peak_rss_gib"] = hwm_gib()
     print(json.dumps(out))
+
+
+def hwm_gib() -> float:
+    """This process's own peak RSS (VmHWM; ru_maxrss would include the parent's, kept
+    across fork + exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    return rss_gib()
 
 
 def io_section(n: int) -> dict:
@@ -404,15 +414,17 @@ def main() -> None:
     parser.add_argument("--ann-n", type=int, default=100_000)
     parser.add_argument("--no-ann", action="store_true")
     parser.add_argument("--no-io", action="store_true")
+    parser.add_argument("--io-only", action="store_true", help="only build/save/load")
     parser.add_argument("--out", default="index-cpu")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     rows: list[dict] = []
     for n in args.sizes:
-        rows += search_section(n, args.queries, args.repeats, args.hybrid_max)
+        if not args.io_only:
+            rows += search_section(n, args.queries, args.repeats, args.hybrid_max)
         if not args.no_io:
             rows.append(io_section(n))
-    if not args.no_ann:
+    if not args.no_ann and not args.io_only:
         rows += ann_section(args.ann_n)
     rows.append({"peak_rss_gib": rss_gib()})
     (RESULTS / f"{args.out}.json").write_text(json.dumps(rows, indent=1))

@@ -675,7 +675,7 @@ class VectorIndex:
             or live.shape != (n,)
         ):
             raise CorruptFileError(f"{path}: vectors {vectors.shape} / live {live.shape} disagree")
-        if not np.isfinite(vectors).all():
+        if not np.isfinite(np.add.reduce(vectors, axis=None, dtype=np.float64)):
             raise CorruptFileError(f"{path}: vectors hold NaN or inf")
         id_kind = meta["id_kind"]
         if id_kind not in (None, "int", "str"):
