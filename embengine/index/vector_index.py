@@ -74,6 +74,7 @@ MAX_PADDED_K = 1024
 DEAD_FRACTION_KERNEL = 0.25
 DEAD_FRACTION_FAISS = 0.5
 INT64_MAX = 2**63 - 1
+GPU_MAX_K = 2048  # FAISS GPU flat search takes k <= 2048
 Id = int | str
 
 
@@ -477,6 +478,8 @@ class VectorIndex:
             scores, rows, _ = _rescore(q, base, approx, slots, None, k, None)
             return scores, rows
         fetch = min(live, k + _extra(k, 0, n))
+        if fetch > GPU_MAX_K and _faiss.is_gpu(self._faiss):  # FAISS GPU's k limit
+            return _exact_topk(q, base, k, None, 0)  # GPU indexes hold no dead rows
         approx, slots = _faiss.search(self._faiss, q, fetch, self.params, bits)
         margin = _margin(self.dim) if fetch < live else None
         scores, rows, ok = _rescore(q, base, approx, slots, None, k, margin)
@@ -809,7 +812,8 @@ class VectorIndex:
                 raise InvalidInputError("this index has str ids: pass ids= explicitly")
             if self._next_auto_id + n - 1 > INT64_MAX:
                 raise InvalidInputError("automatic ids would pass 2**63 - 1: pass ids=")
-            ids = list(range(self._next_auto_id, self._next_auto_id + n))
+            # fresh ints past every id so far: valid and unique by construction
+            return list(range(self._next_auto_id, self._next_auto_id + n))
         ids = self._check_ids(ids, n)
         repeated = _repeats(ids) + [i for i in ids if i in self._slot_of]
         if repeated:
