@@ -297,7 +297,7 @@ def ann_section(n: int, queries: int = 200) -> list[dict]:
     return rows
 
 
-def plots(rows: list[dict]) -> None:
+def plots(rows: list[dict], prefix: str = "index") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -325,7 +325,7 @@ def plots(rows: list[dict]) -> None:
         np.atleast_1d(axes)[0].legend(fontsize=8)
         fig.suptitle("Exact search latency vs index size (2-core AMD EPYC, shared)")
         fig.tight_layout()
-        fig.savefig(RESULTS / "index-latency.png", dpi=110)
+        fig.savefig(RESULTS / f"{prefix}-latency.png", dpi=110)
     ann = [r for r in rows if "ann" in r]
     if ann:
         fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -347,7 +347,7 @@ def plots(rows: list[dict]) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(RESULTS / "index-recall.png", dpi=110)
+        fig.savefig(RESULTS / f"{prefix}-recall.png", dpi=110)
 
 
 def markdown(rows: list[dict]) -> str:
@@ -430,7 +430,7 @@ def main() -> None:
     (RESULTS / f"{args.out}.json").write_text(json.dumps(rows, indent=1))
     text = markdown(rows)
     (RESULTS / f"{args.out}.md").write_text(text)
-    plots(rows)
+    plots(rows, "index" if args.out == "index-cpu" else args.out)  # partial runs: own names
     print(text)
 
 
