@@ -58,7 +58,8 @@ def test_readers_see_only_before_or_after_states_while_one_thread_writes(options
 
     def reader(seed: int) -> None:
         local = np.random.default_rng(seed)
-        while not done.is_set():
+        while True:  # at least one search, then until the writer is done
+            finished = done.is_set()
             rows = local.integers(0, STABLE, 4)
             try:
                 scores, ids = index.search(stable[rows], 5)
@@ -73,9 +74,13 @@ def test_readers_see_only_before_or_after_states_while_one_thread_writes(options
                     if not any(abs(score - a) < 1e-4 for a in allowed):
                         problems.append(f"row {rows[r]}: id/score mismatch {ids[r].tolist()}")
             reads[0] += 1
+            if finished:
+                return
 
     def writer() -> None:
         deadline = time.monotonic() + 8.0
+        while reads[0] < 4 and time.monotonic() < deadline:  # readers are running
+            time.sleep(0.001)
         try:
             for _ in range(25):
                 index.add(churn, churn_ids)
