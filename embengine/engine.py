@@ -398,21 +398,41 @@ class Engine:
         *,
         kind: str = "flat",
         lexical: bool = False,
+        device: str = "auto",
+        exact: str = "kernel",
+        stem: bool = True,
+        nlist: int | None = None,
+        nprobe: int = 48,
+        m: int = 32,
+        ef_construction: int = 200,
+        ef_search: int = 128,
         prompt: str | None = None,
         prompt_name: str | None = None,
-        **options: Any,
     ) -> VectorIndex:
         """A VectorIndex of `texts` under `ids` (default 0..n-1), searchable by text.
 
         kind "flat" (exact), "ivf" or "hnsw"; lexical=True adds BM25 for hybrid search;
-        other options go to VectorIndex (device, exact, nlist, nprobe, m, ef_search, ...).
+        the other arguments are VectorIndex's (device, exact, stem and the ANN knobs).
         Texts are embedded with the document prompt (see embed_documents; prompt= or
         prompt_name= to choose another); the index stores the texts without it.
         """
         from embengine.index import VectorIndex
 
         items = check_texts(texts)
-        index = VectorIndex(self.dim, kind=kind, lexical=lexical, engine=self, **options)
+        index = VectorIndex(
+            self.dim,
+            kind=kind,
+            lexical=lexical,
+            device=device,
+            exact=exact,
+            stem=stem,
+            engine=self,
+            nlist=nlist,
+            nprobe=nprobe,
+            m=m,
+            ef_construction=ef_construction,
+            ef_search=ef_search,
+        )
         vectors = self.embed_documents(items, prompt=prompt, prompt_name=prompt_name)
         index.add(vectors, None if ids is None else list(ids), texts=items)
         return index
@@ -423,21 +443,31 @@ class Engine:
         index: VectorIndex,
         k: int = 10,
         *,
+        allow: Iterable[int | str] | None = None,
+        mode: str = "dense",
+        fusion: str = "rrf",
+        weight: float = 0.5,
+        depth: int = 100,
         prompt: str | None = None,
         prompt_name: str | None = None,
-        **options: Any,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Search `index` with text queries embedded by this engine: (scores, ids), (n, k).
 
-        The index must hold this model's vectors (ModelMismatchError otherwise); options as
-        VectorIndex.search (allow, mode, fusion, weight, depth). Queries are read from an
-        attached store but never added to it (embed them first to keep them). Queries get
-        the query prompt (see embed_queries; prompt= or prompt_name= to choose another).
+        The index must hold this model's vectors (ModelMismatchError otherwise); the keyword
+        arguments are VectorIndex.search's. Queries are read from an attached store but
+        never added to it (embed them first to keep them). Queries get the query prompt
+        (see embed_queries; prompt= or prompt_name= to choose another).
         """
         index.attach_engine(self)
         items = check_texts(queries)
+        options: dict[str, Any] = {
+            "allow": allow,
+            "mode": mode,
+            "fusion": fusion,
+            "weight": weight,
+            "depth": depth,
+        }
         role = self._role_prompt("query", prompt, prompt_name)
-        mode = options.get("mode", "dense")
         if not role or mode == "lexical":  # BM25 scores the query's own words
             return index.search(items, k, **options)
         if mode != "dense":

@@ -205,7 +205,6 @@ RANKED = [
     pytest.param(
         Ranked(lambda e: _index_int(e).search([], 3), 0, 3, [], "int"),
         id="index-search-empty",
-        marks=pending("index", "makes search([], k) return (0, k) arrays"),
     ),
     pytest.param(
         Ranked(lambda e: _recommender_str(e).similar(["cat", "goal"], 6), 2, 6, [3, 3], "str"),
@@ -305,17 +304,14 @@ ERRORS = [
     pytest.param(
         lambda e: _index_int(e).search(QUERIES, 0),
         id="index-k-0",
-        marks=pending("index", "raises InvalidInputError for k < 1"),
     ),
     pytest.param(
         lambda e: _index_int(e).remove([99]),
         id="index-remove-unknown",
-        marks=pending("index", "raises NotFoundError for unknown ids"),
     ),
     pytest.param(
         lambda e: _index_int(e).add(DOCS[:1], ids=[10]),
         id="index-duplicate-id",
-        marks=pending("index", "raises InvalidInputError for duplicate ids"),
     ),
     pytest.param(
         lambda e: e.classifier({"a": DOCS[:1]}, mode="nope"),
@@ -368,8 +364,8 @@ FACTORIES = [
     pytest.param("classifier", id="classifier", marks=pending("classmatch", "types its options")),
     pytest.param("match", id="match", marks=pending("classmatch", "types its options")),
     pytest.param("anomaly_detector", id="anomaly_detector"),
-    pytest.param("index", id="index", marks=pending("index", "types its options")),
-    pytest.param("search", id="search", marks=pending("index", "types its options")),
+    pytest.param("index", id="index"),
+    pytest.param("search", id="search"),
 ]
 
 

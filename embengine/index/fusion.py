@@ -30,7 +30,8 @@ def reciprocal_rank(dense: np.ndarray, lexical: np.ndarray, weight: float) -> np
 
 
 def normalized_score(dense: np.ndarray, lexical: np.ndarray, weight: float) -> np.ndarray:
-    """weight * minmax(dense) + (1 - weight) * minmax(lexical), min-max over each row."""
+    """weight * minmax(dense) + (1 - weight) * minmax(lexical), min-max over each row
+    (a side with one candidate scores it 1; absent candidates score 0)."""
     fused = weight * _minmax(dense) + (1 - weight) * _minmax(lexical)
     return np.where(np.isfinite(dense), fused, -np.inf)
 
@@ -40,7 +41,8 @@ def _minmax(scores: np.ndarray) -> np.ndarray:
     low = np.where(finite, scores, np.inf).min(axis=1, keepdims=True)
     high = np.where(finite, scores, -np.inf).max(axis=1, keepdims=True)
     span = np.where(high > low, high - low, 1.0)
-    return np.where(finite, (scores - low) / span, 0.0)
+    scaled = np.where(high > low, (scores - low) / span, 1.0)  # a lone candidate is the best
+    return np.where(finite, scaled, 0.0)
 
 
 def fuse(dense: np.ndarray, lexical: np.ndarray, *, method: str, weight: float) -> np.ndarray:

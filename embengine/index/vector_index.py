@@ -1,64 +1,104 @@
 """VectorIndex: unit vectors under external ids, searched exactly or approximately.
 
-Rows live in slots: the n-th vector ever added (since the last compaction) is slot n, in
-the numpy `vectors` table, in the FAISS index (FAISS id = slot) and, for hybrid search, in
-the texts. Removing an id tombstones its slot; CPU searches skip tombstones through a FAISS
-ID selector, and the table is compacted (live rows renumbered, FAISS rebuilt) when half of
-the slots are dead, and before any search on a GPU index or on the exact kernel path,
-since neither takes a selector. Upsert is remove + add.
+Layout. Rows live in slots: the n-th vector added since the last compaction is slot n.
+Per slot, numpy arrays with spare capacity (grown by half, so adds cost O(rows added),
+amortised): the float32 vector, the external id (an int64 array, or an object array of
+str), a live flag, and the same flags as a bitmap for FAISS's ID selector. A dict maps
+external id -> slot; FAISS (when used) numbers its rows by slot too. Nothing is rebuilt
+per search: the work above the kernel is O(queries x k).
 
-Search results are FAISS-shaped: `(scores, ids)`, each (n_queries, k), best first. Slots
-past the available results hold score -inf and id -1 (integer ids: int64 array) or None
-(string ids: object array).
+Removal tombstones a slot. The exact kernel cannot skip rows, so a search over-fetches a
+few more candidates than k (about twice the expected number of dead rows among them),
+drops dead ones, and redoes the rare rows that lost too many with a fetch of k + dead.
+FAISS searches skip tombstones through the bitmap selector. The table is compacted (live
+rows renumbered, FAISS rebuilt) inside `remove` once a quarter of the slots are dead on
+the kernel path (half for FAISS kinds, whose rebuild costs more; at once on a GPU index,
+which takes no selector), so the cost is amortised over the removes that caused it.
+
+Results do not depend on the batch. The kernel (or FAISS) only nominates candidates, a
+few more than k; each candidate is re-scored by itself (products, then a pairwise sum
+over that one pair: the same arithmetic whatever else is in the call), sorted by (score
+desc, slot asc), and for exact searches kept only when the k-th score beats the last
+nominated one by the proven float32 rounding bound (as `ops.pairs_above` does); rows that
+do not (near-ties at the cut, many dead candidates) are fetched again deeper, up to the
+whole table. Ties go to the earlier slot (the id added first). ANN results are re-scored
+and ordered the same way; their candidate sets are FAISS's.
+
+Threads: one readers-writer lock (embengine._sync.RWLock). Searches, `get`, `save` hold
+it shared; add / upsert / remove hold it exclusively (FAISS HNSW and IVF mutate in place,
+so a search must never overlap a write). Texts are embedded before the lock is taken.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from embengine import ops
-from embengine.index import _faiss
-from embengine.index.fusion import FUSIONS, fuse
-from embengine.index.lexical import Lexical
-from embengine.io import (
+from embengine._sync import RWLock
+from embengine.errors import (
     CorruptFileError,
+    EmbengineError,
+    InvalidInputError,
+    InvalidTypeError,
     ModelMismatchError,
-    load_arrays,
-    malformed_is_corrupt,
-    save_arrays,
+    NotFoundError,
 )
+from embengine.index import _faiss, lexical
+from embengine.index.fusion import FUSIONS, fuse
+from embengine.io import load_arrays, malformed_is_corrupt, save_arrays
 
 if TYPE_CHECKING:
     from embengine.engine import Engine
 
 log = logging.getLogger("embengine")
 
-FORMAT = "embengine.VectorIndex/1"
+FORMAT = "embengine.VectorIndex/2"
+OLD_FORMATS = ("embengine.VectorIndex/1",)  # fixed-width str ids / texts; BM25 rebuilt
 EXACT_BACKENDS = ("faiss", "kernel")
 MODES = ("dense", "lexical", "hybrid")
+# k above the number of ids pads with sentinels; past this many columns it is refused
+# (a k of 10**9 on 30 documents would otherwise allocate gigabytes of padding).
+MAX_PADDED_K = 1024
+# compact once this fraction of slots is dead: the kernel scans dead rows, FAISS skips them
+DEAD_FRACTION_KERNEL = 0.25
+DEAD_FRACTION_FAISS = 0.5
+INT64_MAX = 2**63 - 1
+GPU_MAX_K = 2048  # FAISS GPU flat search takes k <= 2048
 Id = int | str
 
 
-class VectorIndex:
-    """Unit vectors under external ids (all int >= 0, or all str), searched by inner product.
+@dataclass(frozen=True)
+class _Bm25:
+    """The BM25 side as built at one generation of the index: document i is slot slots[i]."""
 
-    kind: "flat" (exact, the default), "ivf" or "hnsw" (approximate, for large collections;
-    knobs in `_faiss.AnnParams`: nlist, nprobe, m, ef_construction, ef_search).
-    device: "auto" (GPU when faiss has one, else CPU), "cpu" or "cuda" (raises when FAISS has
+    lexical: lexical.Lexical | None
+    slots: np.ndarray
+    generation: int
+
+
+class VectorIndex:
+    """Unit vectors under external ids (all int in [0, 2**63), or all str), by inner product.
+
+    kind: "flat" (exact, the default), "ivf" or "hnsw" (approximate, for large collections).
+    device: "auto" (GPU when FAISS has one, else CPU), "cpu" or "cuda" (raises when FAISS has
     no GPU). hnsw is CPU-only (FAISS has no GPU HNSW).
-    exact: how kind="flat" searches on the CPU: "kernel" (the default: embengine.ops.topk_cosine,
-    no FAISS copy of the vectors; 1.7x FAISS on SciFact, 2-3x for 1-16 queries at 50k rows)
-    or "faiss" (IndexFlatIP); see README for the measurement.
+    exact: how kind="flat" searches on the CPU: "kernel" (the default:
+    embengine.ops.topk_cosine, no FAISS copy of the vectors) or "faiss" (IndexFlatIP).
     lexical: also keep a BM25 index of the texts, for mode="lexical" / "hybrid" searches.
     engine / fingerprint: the model that made the vectors; an engine lets add and search take
     texts, and a fingerprint is checked when loading with an engine.
+    nlist, nprobe (ivf), m, ef_construction, ef_search (hnsw): see `_faiss.AnnParams`.
     """
 
     def __init__(
@@ -72,33 +112,44 @@ class VectorIndex:
         stem: bool = True,
         engine: Engine | None = None,
         fingerprint: str | None = None,
-        **ann: Any,
+        nlist: int | None = None,
+        nprobe: int = 48,
+        m: int = 32,
+        ef_construction: int = 200,
+        ef_search: int = 128,
     ) -> None:
-        if not isinstance(dim, (int, np.integer)) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+            raise InvalidInputError(f"dim must be a positive int, got {dim!r}")
         if kind not in _faiss.KINDS:
-            raise ValueError(f"kind must be one of {_faiss.KINDS}, got {kind!r}")
+            raise InvalidInputError(f"kind must be one of {_faiss.KINDS}, got {kind!r}")
         if exact not in EXACT_BACKENDS:
-            raise ValueError(f"exact must be one of {EXACT_BACKENDS}, got {exact!r}")
+            raise InvalidInputError(f"exact must be one of {EXACT_BACKENDS}, got {exact!r}")
         self.dim = int(dim)
         self.kind = kind
         self.exact = exact
         self.device = _resolve_device(device, kind)
-        self.params = _faiss.AnnParams(**ann)
+        self.params = _faiss.AnnParams(
+            nlist=nlist, nprobe=nprobe, m=m, ef_construction=ef_construction, ef_search=ef_search
+        )
         self.engine: Engine | None = None
         self.fingerprint = fingerprint
-        self.lexical = lexical
-        self.stem = stem
+        self.lexical = bool(lexical)
+        self.stem = bool(stem)
         self.id_kind: str | None = None  # "int" or "str", fixed by the first add
+        self._lock = RWLock()
+        self._bm25_mutex = threading.Lock()  # one reader builds a stale BM25 side at a time
         self._next_auto_id = 0
+        self._n = 0  # slots in use (live + dead)
         self._vectors = np.zeros((0, self.dim), dtype=np.float32)
-        self._slot_ids: list[Id | None] = []  # None = tombstone
+        self._live = np.zeros(0, dtype=bool)
+        self._bits = np.zeros(0, dtype=np.uint8)  # _live as a little-endian bitmap
+        self._slot_ids: np.ndarray = np.zeros(0, dtype=np.int64)  # object array for str ids
         self._slot_of: dict[Id, int] = {}
         self._texts: list[str | None] | None = None  # per slot, once any text was given
+        self._tokens: list[list[str] | None] | None = None  # BM25 tokens per slot (lexical)
         self._faiss: Any = None  # built at the first add (IVF trains on it)
-        self._bm25: Lexical | None = None
-        self._bm25_slots = np.zeros(0, dtype=np.int64)  # BM25 document i -> slot
-        self._bm25_stale = True
+        self._generation = 0  # bumped by adds and compactions: the BM25 side is then stale
+        self._bm25: _Bm25 | None = None
         if engine is not None:
             self.attach_engine(engine)
 
@@ -123,34 +174,42 @@ class VectorIndex:
         return len(self._slot_of)
 
     def __contains__(self, item: object) -> bool:
-        return item in self._slot_of
+        try:
+            return item in self._slot_of
+        except TypeError:  # unhashable
+            return False
 
     @property
     def ids(self) -> list[Id]:
         """Live ids in slot order."""
-        return [i for i in self._slot_ids if i is not None]
+        with self._lock.read():
+            return self._slot_ids[: self._n][self._live[: self._n]].tolist()
 
     @property
     def dead(self) -> int:
-        return len(self._slot_ids) - len(self._slot_of)
+        """Removed rows still holding a slot (until the next compaction)."""
+        return self._n - len(self._slot_of)
 
     def memory_bytes(self) -> int:
         """Bytes held: the vector table, the FAISS index (its serialised size) and BM25."""
-        total = self._vectors.nbytes
-        if self._faiss is not None:
-            total += _faiss.serialize(self._faiss).nbytes
-        if self._bm25 is not None:
-            total += sum(a.nbytes for a in self._bm25.to_arrays()[0].values())
-        return total
+        with self._lock.read():
+            total = self._vectors.nbytes
+            if self._faiss is not None:
+                total += _faiss.serialize(self._faiss).nbytes
+            if self._bm25 is not None and self._bm25.lexical is not None:
+                total += sum(a.nbytes for a in self._bm25.lexical.to_arrays().values())
+            return total
 
     def get(self, ids: Sequence[Id]) -> np.ndarray:
-        """Vectors of `ids`: (len(ids), dim) float32 unit rows; KeyError for unknown ids."""
-        return self._vectors[self._slots(ids)]
+        """Vectors of `ids`: (len(ids), dim) float32 unit rows; NotFoundError for unknown ids."""
+        with self._lock.read():
+            return self._vectors[self._slots(list(ids))]
 
     def texts(self, ids: Sequence[Id]) -> list[str | None]:
         """Texts stored with `ids` (None where a vector was added without text)."""
-        slots = self._slots(ids)
-        return [None if self._texts is None else self._texts[s] for s in slots]
+        with self._lock.read():
+            slots = self._slots(list(ids))
+            return [None if self._texts is None else self._texts[s] for s in slots.tolist()]
 
     # ---------------------------------------------------------------- mutation
 
@@ -163,33 +222,17 @@ class VectorIndex:
     ) -> list[Id]:
         """Add texts (embedded with the index's engine) or (n, dim) vectors; returns the ids.
 
-        ids: one per item, all int >= 0 or all str, none already present (ValueError names
-        the duplicates; use upsert to replace). None: consecutive ints after the largest so
-        far. Vectors are L2-normalised; NaN/inf, a wrong dim or a count mismatch raise
-        ValueError and change nothing. texts: stored for hybrid search (given texts as
-        items, they are stored already).
+        ids: one per item, all int in [0, 2**63) or all str, none already present
+        (InvalidInputError names the duplicates; use upsert to replace). None: consecutive
+        ints after the largest so far. Vectors are copied and L2-normalised (any layout,
+        float16/32/64); NaN/inf, a wrong dim or a count mismatch raise InvalidInputError and
+        change nothing. texts: stored for hybrid search (text items are stored already).
         """
         vectors, texts = self._vectors_and_texts(items, texts)
-        new_ids = self._check_new_ids(ids, len(vectors))
-        if len(vectors) == 0:
-            return new_ids
-        if self._faiss is None and self._uses_faiss():  # IVF training may refuse: before changes
-            self._faiss = _faiss.make_index(self.kind, self.dim, self.params, vectors)
-            self._place_faiss()
-        self.id_kind = "str" if isinstance(new_ids[0], str) else "int"
-        if self.id_kind == "int":
-            self._next_auto_id = max(self._next_auto_id, max(new_ids) + 1)  # type: ignore[type-var]
-        start = len(self._slot_ids)
-        self._vectors = np.concatenate([self._vectors, vectors])
-        self._slot_ids.extend(new_ids)
-        self._slot_of.update({i: start + n for n, i in enumerate(new_ids)})
-        if texts is not None and self._texts is None:
-            self._texts = [None] * start
-        if self._texts is not None:
-            self._texts.extend(texts if texts is not None else [None] * len(vectors))
-        if self._faiss is not None:
-            self._faiss.add(vectors)
-        self._bm25_stale = True
+        tokens = self._tokenize(texts)
+        with self._lock.write():
+            new_ids = self._check_new_ids(ids, len(vectors))
+            self._append(vectors, new_ids, texts, tokens)
         return new_ids
 
     def upsert(
@@ -199,29 +242,147 @@ class VectorIndex:
         *,
         texts: Sequence[str] | None = None,
     ) -> None:
-        """Add, replacing the vectors (and texts) of ids already present."""
+        """Add, replacing the vectors (and texts) of ids already present; all or nothing."""
         vectors, texts = self._vectors_and_texts(items, texts)
-        new_ids = self._check_ids(ids, len(vectors))
-        if len(set(new_ids)) != len(new_ids):
-            raise ValueError(f"ids repeat within one upsert: {_repeats(new_ids)[:5]}")
-        self._tombstone([i for i in new_ids if i in self._slot_of])
-        self.add(vectors, new_ids, texts=texts)
+        tokens = self._tokenize(texts)
+        with self._lock.write():
+            new_ids = self._check_ids(ids, len(vectors))
+            if len(set(new_ids)) != len(new_ids):
+                raise InvalidInputError(f"ids repeat within one upsert: {_repeats(new_ids)[:5]}")
+            present = [i for i in new_ids if i in self._slot_of]
+            self._tombstone(present, self._slots(present))
+            self._append(vectors, new_ids, texts, tokens)
+            self._compact_if_needed()
 
     def remove(self, ids: Iterable[Id]) -> None:
-        """Remove ids; KeyError naming unknown ids (and nothing is removed then)."""
+        """Remove ids, all or nothing: NotFoundError naming unknown ids, InvalidInputError
+        for an id given twice; nothing is removed then."""
         ids = list(ids)
-        unknown = [i for i in ids if i not in self._slot_of]
-        if unknown:
-            raise KeyError(f"cannot remove {len(unknown)} unknown id(s): {unknown[:5]}")
-        self._tombstone(ids)
-        if self.dead > len(self._slot_ids) // 2:
+        with self._lock.write():
+            slots = self._slots(ids)
+            if len(np.unique(slots)) != len(slots):
+                raise InvalidInputError(f"ids repeat within one remove: {_repeats(ids)[:5]}")
+            self._tombstone(ids, slots)
+            self._compact_if_needed()
+
+    def _append(
+        self,
+        vectors: np.ndarray,
+        new_ids: list[Id],
+        texts: list[str] | None,
+        tokens: list[list[str]] | None,
+    ) -> None:
+        """Write validated rows after the last slot (write lock held)."""
+        if len(vectors) == 0:
+            return
+        if self._faiss is None and self._uses_faiss():  # IVF training may refuse: before changes
+            self._faiss = _faiss.make_index(self.kind, self.dim, self.params, vectors)
+            self._place_faiss()
+        kind = "str" if isinstance(new_ids[0], str) else "int"
+        start, end = self._n, self._n + len(vectors)
+        self._reserve(vectors, kind)
+        if self._faiss is not None:
+            self._faiss.add(vectors)
+        if self._vectors is not vectors:
+            self._vectors[start:end] = vectors
+        self._slot_ids[start:end] = new_ids
+        self._live[start:end] = True
+        self._set_bits(start, end)
+        if texts is not None and self._texts is None:
+            self._texts = [None] * start
+        if self._texts is not None:
+            self._texts.extend(texts if texts is not None else [None] * len(vectors))
+        if self.lexical:
+            if self._tokens is None:
+                self._tokens = [None] * start
+            self._tokens.extend(tokens if tokens is not None else [None] * len(vectors))
+        self._slot_of.update(zip(new_ids, range(start, end), strict=True))
+        self.id_kind = kind
+        if kind == "int":
+            self._next_auto_id = max(self._next_auto_id, max(new_ids) + 1)  # type: ignore[type-var]
+        self._n = end
+        self._generation += 1
+
+    def _reserve(self, vectors: np.ndarray, kind: str) -> None:
+        """Room for `vectors` after the last slot: grow by half (amortised O(1) per row).
+
+        The first add adopts the caller-independent copy `vectors` as the table itself.
+        """
+        need = self._n + len(vectors)
+        if self._n == 0 and kind == "str" and self._slot_ids.dtype != object:
+            self._slot_ids = np.full(len(self._slot_ids), None, dtype=object)
+        if need <= len(self._vectors) and need <= len(self._live):
+            return
+        if self._n == 0:
+            self._vectors = vectors  # a fresh C-contiguous float32 copy made by add
+            cap = need
+        else:
+            cap = max(need, len(self._vectors) * 3 // 2)
+            grown = np.empty((cap, self.dim), dtype=np.float32)
+            grown[: self._n] = self._vectors[: self._n]
+            self._vectors = grown
+        cap8 = -(-cap // 8) * 8
+        live = np.zeros(cap8, dtype=bool)
+        live[: self._n] = self._live[: self._n]
+        bits = np.zeros(cap8 // 8, dtype=np.uint8)
+        bits[: len(self._bits)] = self._bits[: cap8 // 8]
+        ids = np.full(cap8, None if kind == "str" else -1, dtype=self._slot_ids.dtype)
+        ids[: self._n] = self._slot_ids[: self._n]
+        self._live, self._bits, self._slot_ids = live, bits, ids
+
+    def _set_bits(self, start: int, end: int) -> None:
+        b0, b1 = start // 8, -(-end // 8)
+        self._bits[b0:b1] = np.packbits(self._live[b0 * 8 : b1 * 8], bitorder="little")
+
+    def _tombstone(self, ids: list[Id], slots: np.ndarray) -> None:
+        """Mark validated ids' slots dead (write lock held)."""
+        if not ids:
+            return
+        for i in ids:
+            del self._slot_of[i]
+        self._live[slots] = False
+        self._slot_ids[slots] = None if self.id_kind == "str" else -1
+        np.bitwise_and.at(self._bits, slots >> 3, ~(1 << (slots & 7)).astype(np.uint8))
+
+    def _compact_if_needed(self) -> None:
+        dead = self.dead
+        if not dead:
+            return
+        if self._faiss is None:
+            limit = DEAD_FRACTION_KERNEL * self._n
+        elif _faiss.is_gpu(self._faiss):
+            limit = 0  # GPU indexes take no ID selector
+        else:
+            limit = DEAD_FRACTION_FAISS * self._n
+        if dead > limit:
             self._compact()
 
-    def _tombstone(self, ids: list[Id]) -> None:
-        for i in ids:
-            self._slot_ids[self._slot_of.pop(i)] = None
-        if ids:
-            self._bm25_stale = True
+    def _compact(self) -> None:
+        """Drop dead slots: renumber live rows and rebuild FAISS on them (write lock held)."""
+        started = time.perf_counter()
+        keep = np.flatnonzero(self._live[: self._n])
+        n = len(keep)
+        self._vectors = np.ascontiguousarray(self._vectors[keep])
+        cap8 = -(-n // 8) * 8
+        ids = np.full(cap8, None if self.id_kind == "str" else -1, dtype=self._slot_ids.dtype)
+        ids[:n] = self._slot_ids[keep]
+        self._slot_ids = ids
+        self._live = np.zeros(cap8, dtype=bool)
+        self._live[:n] = True
+        self._bits = np.zeros(cap8 // 8, dtype=np.uint8)
+        self._set_bits(0, n)
+        self._slot_of = dict(zip(ids[:n].tolist(), range(n), strict=True))
+        kept = keep.tolist()
+        if self._texts is not None:
+            self._texts = [self._texts[s] for s in kept]
+        if self._tokens is not None:
+            self._tokens = [self._tokens[s] for s in kept]
+        self._n = n
+        if self._faiss is not None:
+            self._faiss.reset()  # keeps IVF training
+            self._faiss.add(self._vectors)
+        self._generation += 1
+        log.debug("compacted to %d rows in %.3f s", n, time.perf_counter() - started)
 
     # ---------------------------------------------------------------- search
 
@@ -238,113 +399,187 @@ class VectorIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k per query: (scores, ids), each (n_queries, k), best first.
 
-        queries: texts (needs an engine) or (n, dim) vectors (normalised here).
-        allow: only these ids may be returned (KeyError for unknown ones); a filtered dense
-        search is exact over the allowed rows whatever the kind.
+        queries: texts (needs an engine) or (n, dim) vectors (normalised here); [] or a
+        (0, dim) array gives (0, k) results. k: at most max(len(index), MAX_PADDED_K);
+        columns past the available results hold score -inf and id -1 (int ids) / None.
+        allow: only these ids may be returned (NotFoundError for unknown ones); a filtered
+        dense search is exact over the allowed rows whatever the kind.
         mode: "dense" (cosine), "lexical" (BM25 scores; only documents sharing a term with
-        the query are returned) or "hybrid" (both need text queries
-        and an index made with lexical=True): the top `depth` of each side are fused by
-        `fusion` "rrf" (reciprocal rank) or "score" (min-max normalised scores), `weight`
-        on the dense side; hybrid scores are fusion scores, not cosines.
-        Missing results: score -inf, id -1 (int ids) or None (str ids).
+        the query are returned) or "hybrid" (both need text queries and an index made with
+        lexical=True): the top `depth` of each side are fused by `fusion` "rrf" (reciprocal
+        rank) or "score" (min-max normalised scores; a candidate missing from one side's
+        top `depth` gets that side's minimum), `weight` on the dense side; hybrid scores
+        are fusion scores, not cosines.
         """
-        if not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be an int >= 1, got {k!r}")
+        k = _check_positive_int(k, "k")
+        depth = _check_positive_int(depth, "depth")
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+            raise InvalidInputError(f"mode must be one of {MODES}, got {mode!r}")
+        if fusion not in FUSIONS:
+            raise InvalidInputError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        if not isinstance(weight, (int, float, np.floating)) or not 0.0 <= weight <= 1.0:
+            raise InvalidInputError(f"weight must be a number in [0, 1], got {weight!r}")
         query_texts = _as_texts(queries)
         if mode != "dense":
             if query_texts is None:
-                raise ValueError(f"mode={mode!r} needs text queries (BM25 scores words)")
+                raise InvalidInputError(f"mode={mode!r} needs text queries (BM25 scores words)")
             if not self.lexical:
-                raise ValueError(f"mode={mode!r} needs an index made with lexical=True")
-        allowed = None if allow is None else np.unique(self._slots(list(allow)))
-        if mode == "lexical":
-            scores, slots = self._lexical_search(query_texts, k, allowed)
-        else:
-            q = self._query_vectors(queries, query_texts)
-            if mode == "dense":
-                scores, slots = self._dense_search(q, k, allowed)
-            else:
-                if fusion not in FUSIONS:
-                    raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
-                scores, slots = self._hybrid_search(
-                    q, query_texts, k, allowed, fusion, weight, max(depth, k)
+                raise InvalidInputError(f"mode={mode!r} needs an index made with lexical=True")
+        q = None if mode == "lexical" else self._query_vectors(queries, query_texts)
+        n_queries = len(query_texts) if query_texts is not None else len(q)  # type: ignore[arg-type]
+        with self._lock.read():
+            live = len(self._slot_of)
+            if k > max(live, MAX_PADDED_K):
+                raise InvalidInputError(
+                    f"k={k} is more than the {live} ids in the index and more than "
+                    f"{MAX_PADDED_K} padded columns: pass k <= {max(live, MAX_PADDED_K)}"
                 )
-        return scores, self._external(slots)
+            allowed = None if allow is None else np.unique(self._slots(list(allow)))
+            width = min(k, live if allowed is None else len(allowed))
+            if n_queries == 0 or width == 0:
+                return _pad(*_empty(n_queries, 0), k, self.id_kind)
+            if mode == "lexical":
+                scores, slots = self._lexical_search(query_texts, width, allowed)  # type: ignore[arg-type]
+            elif mode == "dense":
+                scores, slots = self._dense_search(q, width, allowed)  # type: ignore[arg-type]
+            else:
+                deep = min(max(depth, k), live if allowed is None else len(allowed))
+                scores, slots = self._hybrid_search(
+                    q,
+                    query_texts,
+                    width,
+                    deep,
+                    allowed,
+                    fusion,
+                    weight,  # type: ignore[arg-type]
+                )
+            return _pad(scores, self._external(slots), k, self.id_kind)
 
     def _dense_search(
         self, q: np.ndarray, k: int, allowed: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, slots) by inner product; exact over `allowed` slots when given."""
+        """(scores, slots), (n, <= k), by inner product; exact over `allowed` slots when given."""
         if allowed is not None:
-            if len(allowed) == 0:
-                return _empty(len(q), k)
-            scores, local = ops.topk_cosine(q, self._vectors[allowed], k)
-            return scores, np.where(local >= 0, allowed[np.maximum(local, 0)], -1)
-        if self._faiss is None:  # exact kernel path, or nothing added yet
-            self._compact_if(self.dead > 0)
-            if len(self._slot_ids) == 0:
-                return _empty(len(q), k)
-            return ops.topk_cosine(q, self._vectors, k)
-        self._compact_if(self.dead > 0 and _faiss.is_gpu(self._faiss))
-        live = self._live_mask() if self.dead else None
-        return _faiss.search(self._faiss, q, k, self.params, live)
+            scores, rows = _exact_topk(q, self._vectors[allowed], k, None, 0)
+            return scores, np.where(rows >= 0, allowed[np.maximum(rows, 0)], -1)
+        n = self._n
+        if self._faiss is None:
+            live = self._live[:n] if self.dead else None
+            return _exact_topk(q, self._vectors[:n], k, live, self.dead)
+        return self._faiss_search(q, k)
+
+    def _faiss_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS candidates re-scored exactly; flat results checked, failures redone exactly."""
+        n, live = self._n, len(self._slot_of)
+        bits = self._bits[: -(-n // 8)] if self.dead else None
+        base = self._vectors[:n]
+        if self.kind != "flat":  # approximate: FAISS's candidates, ordered deterministically
+            approx, slots = _faiss.search(self._faiss, q, k, self.params, bits)
+            scores, rows, _ = _rescore(q, base, approx, slots, None, k, None)
+            return scores, rows
+        fetch = min(live, k + _extra(k, 0, n))
+        if fetch > GPU_MAX_K and _faiss.is_gpu(self._faiss):  # FAISS GPU's k limit
+            return _exact_topk(q, base, k, None, 0)  # GPU indexes hold no dead rows
+        approx, slots = _faiss.search(self._faiss, q, fetch, self.params, bits)
+        margin = _margin(self.dim) if fetch < live else None
+        scores, rows, ok = _rescore(q, base, approx, slots, None, k, margin)
+        if not ok.all():
+            bad = np.flatnonzero(~ok)
+            mask = self._live[:n] if self.dead else None
+            scores[bad], rows[bad] = _exact_topk(q[bad], base, k, mask, self.dead)
+        return scores, rows
 
     def _lexical_search(
         self, query_texts: list[str], k: int, allowed: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        return _top_k(_matches(self._lexical_scores(query_texts, allowed)), k)
+        """(BM25 scores, slots), (n, k): documents sharing a term with the query, best first."""
+        bm25 = self._bm25_current()
+        if bm25.lexical is None:
+            return _empty(len(query_texts), k)
+        mask = None
+        if self.dead or allowed is not None:
+            keep = self._live[: self._n].copy()
+            if allowed is not None:
+                keep[:] = False
+                keep[allowed] = True
+            mask = keep[bm25.slots].astype(np.float32)
+        scores, docs = bm25.lexical.retrieve(query_texts, k, mask)
+        found = (scores > 0) & (docs >= 0)
+        slots = np.where(found, bm25.slots[np.maximum(docs, 0)], -1)
+        scores = np.where(found, scores, -np.inf).astype(np.float32)
+        # best first, ties to the earlier slot; unfound (-inf) last
+        order = np.lexsort((np.where(found, slots, np.iinfo(np.int64).max), -scores), axis=1)
+        return np.take_along_axis(scores, order, 1), np.take_along_axis(slots, order, 1)
 
     def _hybrid_search(
         self,
         q: np.ndarray,
         query_texts: list[str],
         k: int,
+        depth: int,
         allowed: np.ndarray | None,
         fusion: str,
         weight: float,
-        depth: int,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Fuse the top `depth` of the dense and the BM25 rankings, scored exactly."""
+        """Fuse the top `depth` of the dense and the BM25 rankings over their union."""
         _, dense_slots = self._dense_search(q, depth, allowed)
-        bm25 = _matches(self._lexical_scores(query_texts, allowed))
-        _, lexical_slots = _top_k(bm25, depth)
-        candidates = np.full((len(q), 2 * depth), -1, dtype=np.int64)
-        dense = np.full(candidates.shape, -np.inf, dtype=np.float32)
-        lexical = np.full(candidates.shape, -np.inf, dtype=np.float32)
+        lexical_scores, lexical_slots = self._lexical_search(query_texts, depth, allowed)
+        width = dense_slots.shape[1] + lexical_slots.shape[1]
+        candidates = np.full((len(q), width), -1, dtype=np.int64)
+        lex = np.full(candidates.shape, -np.inf, dtype=np.float32)
         for row in range(len(q)):
-            union = np.union1d(dense_slots[row], lexical_slots[row])
-            union = union[union >= 0]
+            found = lexical_slots[row] >= 0
+            words = lexical_slots[row][found]
+            union = np.union1d(dense_slots[row][dense_slots[row] >= 0], words)
             candidates[row, : len(union)] = union
-            dense[row, : len(union)] = self._vectors[union] @ q[row]
-            lexical[row, : len(union)] = bm25[row, union]
-        fused = fuse(dense, lexical, method=fusion, weight=weight)
+            lex[row, np.searchsorted(union, words)] = lexical_scores[row][found]
+        dense = np.where(candidates >= 0, _scores(q, self._vectors, candidates), -np.inf)
+        fused = fuse(dense, lex, method=fusion, weight=weight)
         scores, local = _top_k(fused, k)
         slots = np.where(local >= 0, np.take_along_axis(candidates, np.maximum(local, 0), 1), -1)
         return scores, slots
 
-    def _lexical_scores(self, query_texts: list[str], allowed: np.ndarray | None) -> np.ndarray:
-        """(n_queries, slots) BM25 scores; -inf for dead and disallowed slots."""
-        if self._bm25_stale:
-            self._build_bm25()
-        out = np.full((len(query_texts), len(self._slot_ids)), -np.inf, dtype=np.float32)
-        if self._bm25 is not None:
-            out[:, self._bm25_slots] = self._bm25.scores(query_texts)
-        if allowed is not None:
-            keep = np.zeros(len(self._slot_ids), dtype=bool)
-            keep[allowed] = True
-            out[:, ~keep] = -np.inf
-        return out
+    def _bm25_current(self) -> _Bm25:
+        """The BM25 side for the current generation, rebuilt when adds made it stale.
 
-    def _build_bm25(self) -> None:
-        slots = np.flatnonzero(self._live_mask())
-        texts = [] if self._texts is None else [self._texts[s] for s in slots]
-        if any(t is None for t in texts) or len(texts) < len(slots):
-            raise ValueError("lexical search needs a text for every id: add texts with vectors")
-        self._bm25 = Lexical.build(texts, stem=self.stem) if len(slots) else None
-        self._bm25_slots = slots
-        self._bm25_stale = False
+        Called with the read lock held: the slots cannot change, so building it is a pure
+        function of the state; the mutex keeps concurrent readers from building it twice.
+        """
+        current = self._bm25
+        if current is not None and current.generation == self._generation:
+            return current
+        with self._bm25_mutex:
+            current = self._bm25
+            if current is None or current.generation != self._generation:
+                current = self._build_bm25()
+                self._bm25 = current
+            return current
+
+    def _build_bm25(self) -> _Bm25:
+        started = time.perf_counter()
+        slots = np.flatnonzero(self._live[: self._n])
+        texts = self._texts
+        if len(slots) and (texts is None or any(texts[s] is None for s in slots.tolist())):
+            raise InvalidInputError(
+                "lexical search needs a text for every id: add texts with the vectors"
+            )
+        tokens = self._tokens if self._tokens is not None else [None] * self._n
+        missing = [s for s in slots.tolist() if tokens[s] is None]
+        if missing:  # e.g. after loading a file: tokenise once, keep for later rebuilds
+            for s, words in zip(
+                missing,
+                lexical.tokenize([texts[s] for s in missing], stem=self.stem),  # type: ignore[index,misc]
+                strict=True,
+            ):
+                tokens[s] = words
+            self._tokens = tokens
+        built = (
+            lexical.Lexical.build([tokens[s] for s in slots.tolist()], stem=self.stem)  # type: ignore[misc]
+            if len(slots)
+            else None
+        )
+        log.debug("BM25 over %d texts built in %.3f s", len(slots), time.perf_counter() - started)
+        return _Bm25(built, slots, self._generation)
 
     # ---------------------------------------------------------------- persistence
 
@@ -353,35 +588,51 @@ class VectorIndex:
 
         A crash at any moment leaves either the previous file or the new one, complete.
         """
-        if self.lexical and self._bm25_stale:
-            self._build_bm25()
-        arrays: dict[str, np.ndarray] = {
-            "vectors": self._vectors,
-            "live": self._live_mask(),
-            "ids": _id_array(self._slot_ids, self.id_kind),
-        }
-        if self._texts is not None:
-            arrays["texts"] = np.array([t or "" for t in self._texts], dtype=str)
-            arrays["has_text"] = np.array([t is not None for t in self._texts], dtype=bool)
-        if self._faiss is not None:
-            arrays["faiss"] = _faiss.serialize(self._faiss)
-        meta: dict[str, Any] = {
-            "format": FORMAT,
-            "dim": self.dim,
-            "kind": self.kind,
-            "exact": self.exact,
-            "params": self.params.as_dict(),
-            "id_kind": self.id_kind,
-            "next_auto_id": self._next_auto_id,
-            "fingerprint": self.fingerprint,
-            "lexical": self.lexical,
-            "stem": self.stem,
-        }
-        if self._bm25 is not None:
-            bm25_arrays, meta["bm25"] = self._bm25.to_arrays()
-            arrays.update(bm25_arrays)
-            arrays["bm25_slots"] = self._bm25_slots
-        save_arrays(path, arrays, meta)
+        with self._lock.read():
+            n = self._n
+            arrays: dict[str, np.ndarray] = {
+                "vectors": self._vectors[:n],
+                "live": self._live[:n],
+            }
+            if self.id_kind == "str":
+                ids = [i if i is not None else "" for i in self._slot_ids[:n].tolist()]
+                arrays["ids_utf8"], arrays["ids_offsets"] = _pack_strings(ids)
+            else:
+                arrays["ids"] = self._slot_ids[:n].astype(np.int64)
+            if self._texts is not None:
+                arrays["texts_utf8"], arrays["texts_offsets"] = _pack_strings(
+                    [t or "" for t in self._texts]
+                )
+                arrays["has_text"] = np.array([t is not None for t in self._texts], dtype=bool)
+            if self._faiss is not None and self.kind != "flat":  # flat is rebuilt on load
+                arrays["faiss"] = _faiss.serialize(self._faiss)
+            meta: dict[str, Any] = {
+                "format": FORMAT,
+                "dim": self.dim,
+                "kind": self.kind,
+                "exact": self.exact,
+                "params": self.params.as_dict(),
+                "id_kind": self.id_kind,
+                "next_auto_id": self._next_auto_id,
+                "fingerprint": self.fingerprint,
+                "lexical": self.lexical,
+                "stem": self.stem,
+            }
+            bm25 = self._bm25_if_possible()
+            if bm25 is not None and bm25.lexical is not None:
+                arrays.update(bm25.lexical.to_arrays())
+                arrays["bm25_slots"] = bm25.slots
+                meta["bm25"] = True
+            save_arrays(path, arrays, meta)
+
+    def _bm25_if_possible(self) -> _Bm25 | None:
+        """The current BM25 side to save, or None (not lexical, empty, or texts missing)."""
+        if not self.lexical or not self._slot_of:
+            return None
+        try:
+            return self._bm25_current()
+        except InvalidInputError:  # vectors added without texts: nothing to save
+            return None
 
     @classmethod
     @malformed_is_corrupt
@@ -390,60 +641,113 @@ class VectorIndex:
     ) -> VectorIndex:
         """Read a saved index, verifying checksum, format, shapes and (given an engine) model.
 
-        CorruptFileError for a damaged or foreign file, ModelMismatchError when `engine`
-        runs another model than the one that made the vectors.
+        CorruptFileError for a damaged, crafted or foreign file, ModelMismatchError when
+        `engine` runs another model than the one that made the vectors. Loading holds about
+        two to three times the file's size in memory at its peak (the bytes read, the arrays,
+        FAISS's own copy); the FAISS part is walked and bounds-checked before FAISS reads it.
         """
         arrays, meta = load_arrays(path)
-        if meta.get("format") != FORMAT:
+        if meta.get("format") not in (FORMAT, *OLD_FORMATS):
             raise CorruptFileError(f"{path} is not a VectorIndex file ({meta.get('format')!r})")
-        index = cls(
-            meta["dim"],
-            kind=meta["kind"],
-            device=device,
-            exact=meta["exact"],
-            lexical=meta["lexical"],
-            stem=meta["stem"],
-            fingerprint=meta["fingerprint"],
-            **meta["params"],
-        )
-        index._restore(path, arrays, meta)
+        try:
+            index = cls(
+                meta["dim"],
+                kind=meta["kind"],
+                device=device,
+                exact=meta["exact"],
+                lexical=meta["lexical"],
+                stem=meta["stem"],
+                fingerprint=meta["fingerprint"],
+                **_params(meta["params"]),
+            )
+            index._restore(path, arrays, meta)
+        except CorruptFileError:
+            raise
+        except (EmbengineError, KeyError, TypeError, ValueError, IndexError) as exc:
+            raise CorruptFileError(f"{path}: inconsistent VectorIndex file: {exc}") from exc
         if engine is not None:
             index.attach_engine(engine)
         return index
 
     def _restore(self, path: str | Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
-        vectors, live, ids = arrays["vectors"], arrays["live"], arrays["ids"]
-        slots = len(vectors)
-        if vectors.shape != (slots, self.dim) or live.shape != (slots,) or len(ids) != slots:
-            raise CorruptFileError(
-                f"{path}: shapes disagree (vectors {vectors.shape}, live {live.shape}, "
-                f"ids {ids.shape}, dim {self.dim})"
-            )
-        self._vectors = vectors.astype(np.float32, copy=False)
-        self.id_kind = meta["id_kind"]
-        self._next_auto_id = meta["next_auto_id"]
-        self._slot_ids = [
-            (int(i) if self.id_kind == "int" else str(i)) if alive else None
-            for i, alive in zip(ids.tolist(), live.tolist(), strict=True)
-        ]
-        self._slot_of = {i: s for s, i in enumerate(self._slot_ids) if i is not None}
-        if "texts" in arrays:
-            texts, has_text = arrays["texts"].tolist(), arrays["has_text"].tolist()
-            if len(texts) != slots or len(has_text) != slots:
-                raise CorruptFileError(f"{path}: {len(texts)} texts for {slots} rows")
-            self._texts = [t if h else None for t, h in zip(texts, has_text, strict=True)]
-        if "faiss" in arrays:
-            self._faiss = _faiss.deserialize(arrays["faiss"])
-            if self._faiss.ntotal != slots or self._faiss.d != self.dim:
-                raise CorruptFileError(
-                    f"{path}: FAISS index holds {self._faiss.ntotal} x {self._faiss.d}, "
-                    f"expected {slots} x {self.dim}"
-                )
+        vectors, live = arrays["vectors"], arrays["live"]
+        n = len(vectors)
+        if (
+            vectors.dtype != np.float32
+            or vectors.shape != (n, self.dim)
+            or live.dtype != bool
+            or live.shape != (n,)
+        ):
+            raise CorruptFileError(f"{path}: vectors {vectors.shape} / live {live.shape} disagree")
+        if not np.isfinite(np.add.reduce(vectors, axis=None, dtype=np.float64)):
+            raise CorruptFileError(f"{path}: vectors hold NaN or inf")
+        id_kind = meta["id_kind"]
+        if id_kind not in (None, "int", "str"):
+            raise CorruptFileError(f"{path}: unknown id kind {id_kind!r}")
+        old = meta["format"] in OLD_FORMATS
+        if id_kind == "str":
+            ids = arrays["ids"].tolist() if old else _unpack_strings(arrays, "ids", n, path)
+            slot_ids = np.full(n, None, dtype=object)
+            flags = live.tolist()
+            slot_ids[:] = [i if alive else None for i, alive in zip(ids, flags, strict=True)]
+        else:
+            slot_ids = np.asarray(arrays["ids"], dtype=np.int64)
+            if slot_ids.shape != (n,) or (n and slot_ids[live].min(initial=0) < 0):
+                raise CorruptFileError(f"{path}: ids do not match the vectors")
+            slot_ids = np.where(live, slot_ids, -1)
+        live_ids = slot_ids[live].tolist()
+        slot_of = dict(zip(live_ids, np.flatnonzero(live).tolist(), strict=True))
+        if len(slot_of) != len(live_ids):
+            raise CorruptFileError(f"{path}: ids repeat")
+        next_auto_id = meta["next_auto_id"]
+        if not isinstance(next_auto_id, int) or (
+            id_kind == "int" and live_ids and next_auto_id <= max(live_ids)
+        ):
+            raise CorruptFileError(f"{path}: next id {next_auto_id!r} is not past the ids")
+        texts = None
+        if "has_text" in arrays:
+            has_text = arrays["has_text"]
+            values = arrays["texts"].tolist() if old else _unpack_strings(arrays, "texts", n, path)
+            if has_text.shape != (n,) or len(values) != n:
+                raise CorruptFileError(f"{path}: {len(values)} texts for {n} rows")
+            texts = [t if h else None for t, h in zip(values, has_text.tolist(), strict=True)]
+        if self.kind == "flat":  # IndexFlatIP is just the vectors: rebuilt, never parsed
+            if n and self._uses_faiss():
+                self._faiss = _faiss.make_index("flat", self.dim, self.params, vectors)
+                self._faiss.add(vectors)
+                self._place_faiss()
+        elif "faiss" in arrays:
+            blob = arrays["faiss"]
+            self._faiss = _faiss.deserialize(blob, kind=self.kind, dim=self.dim, ntotal=n)
             self._place_faiss()
-        if "bm25" in meta:
-            self._bm25 = Lexical.from_arrays(arrays, meta["bm25"])
-            self._bm25_slots = arrays["bm25_slots"]
-            self._bm25_stale = False
+        elif n:
+            raise CorruptFileError(f"{path}: the FAISS part is missing")
+        # everything checked: install
+        cap8 = -(-n // 8) * 8
+        self._vectors = vectors
+        self._live = np.zeros(cap8, dtype=bool)
+        self._live[:n] = live
+        self._bits = np.zeros(cap8 // 8, dtype=np.uint8)
+        self._n = n
+        self._set_bits(0, n)
+        self._slot_ids = np.full(cap8, None if id_kind == "str" else -1, dtype=slot_ids.dtype)
+        self._slot_ids[:n] = slot_ids
+        self._slot_of = slot_of
+        self.id_kind = id_kind
+        self._next_auto_id = next_auto_id
+        self._texts = texts
+        if self.lexical:
+            self._tokens = [None] * n
+        if meta.get("bm25") is True and not old:
+            built = lexical.Lexical.from_arrays(arrays, stem=self.stem, path=path)
+            slots = np.asarray(arrays["bm25_slots"], dtype=np.int64)
+            if (
+                slots.shape != (built.size,)
+                or (len(slots) and (slots.min() < 0 or slots.max() >= n))
+                or len(np.unique(slots)) != len(slots)
+            ):
+                raise CorruptFileError(f"{path}: the BM25 part does not match the rows")
+            self._bm25 = _Bm25(built, slots, self._generation)
 
     # ---------------------------------------------------------------- internals
 
@@ -453,41 +757,51 @@ class VectorIndex:
         item_texts = _as_texts(items)
         if item_texts is not None:
             if texts is not None:
-                raise ValueError("texts= is for vector items; text items are stored already")
+                raise InvalidInputError("texts= is for vector items; text items are stored already")
+            if not item_texts:
+                return np.zeros((0, self.dim), dtype=np.float32), []
             return self._embed(item_texts), item_texts
-        vectors = ops.check_vectors(items, "vectors", self.dim).astype(np.float32, copy=True)
-        ops.normalize_rows_(vectors)
+        vectors = _unit_rows(items, "vectors", self.dim)
         if texts is not None:
             from embengine.validation import check_texts
 
             texts = check_texts(texts)
             if len(texts) != len(vectors):
-                raise ValueError(f"{len(texts)} texts for {len(vectors)} vectors")
+                raise InvalidInputError(f"{len(texts)} texts for {len(vectors)} vectors")
         return vectors, texts
+
+    def _tokenize(self, texts: list[str] | None) -> list[list[str]] | None:
+        if not self.lexical or texts is None:
+            return None
+        return lexical.tokenize(texts, stem=self.stem)
 
     def _embed(self, texts: list[str], cache: bool = True) -> np.ndarray:
         if self.engine is None:
-            raise ValueError(
+            raise InvalidInputError(
                 "text input needs an engine: make the index with engine.index(...) or "
                 "VectorIndex.load(path, engine=engine), or pass vectors"
             )
-        return self.engine.embed(texts, cache=cache)
+        return np.ascontiguousarray(self.engine.embed(texts, cache=cache), dtype=np.float32)
 
     def _query_vectors(self, queries: Any, query_texts: list[str] | None) -> np.ndarray:
         if query_texts is not None:
+            if not query_texts:
+                return np.zeros((0, self.dim), dtype=np.float32)
             return self._embed(query_texts, cache=False)  # queries stay out of the store
-        q = ops.check_vectors(queries, "queries", self.dim).astype(np.float32, copy=True)
-        return ops.normalize_rows_(q)
+        return _unit_rows(queries, "queries", self.dim)
 
     def _check_ids(self, ids: Sequence[Id], n: int) -> list[Id]:
-        ids = [int(i) if isinstance(i, np.integer) else i for i in ids]
+        try:
+            ids = [int(i) if isinstance(i, np.integer) else i for i in ids]
+        except TypeError:
+            raise InvalidTypeError(f"ids must be a sequence, got {type(ids).__name__}") from None
         if len(ids) != n:
-            raise ValueError(f"{len(ids)} ids for {n} items")
+            raise InvalidInputError(f"{len(ids)} ids for {n} items")
         kinds = {_id_kind(i, position) for position, i in enumerate(ids)}
         if self.id_kind is not None:
             kinds.add(self.id_kind)
         if len(kinds) > 1:
-            raise TypeError(
+            raise InvalidTypeError(
                 f"ids must all be int or all str; this index holds {self.id_kind or 'none yet'}"
                 f" and got {sorted(kinds - {self.id_kind})}"
             )
@@ -496,35 +810,32 @@ class VectorIndex:
     def _check_new_ids(self, ids: Sequence[Id] | None, n: int) -> list[Id]:
         if ids is None:
             if self.id_kind == "str":
-                raise ValueError("this index has str ids: pass ids= explicitly")
-            ids = list(range(self._next_auto_id, self._next_auto_id + n))
+                raise InvalidInputError("this index has str ids: pass ids= explicitly")
+            if self._next_auto_id + n - 1 > INT64_MAX:
+                raise InvalidInputError("automatic ids would pass 2**63 - 1: pass ids=")
+            # fresh ints past every id so far: valid and unique by construction
+            return list(range(self._next_auto_id, self._next_auto_id + n))
         ids = self._check_ids(ids, n)
         repeated = _repeats(ids) + [i for i in ids if i in self._slot_of]
         if repeated:
-            raise ValueError(
+            raise InvalidInputError(
                 f"duplicate ids (already in the index or repeated): {repeated[:5]}; "
                 "use upsert() to replace"
             )
         return ids
 
-    def _slots(self, ids: Sequence[Id]) -> np.ndarray:
+    def _slots(self, ids: list[Id]) -> np.ndarray:
         try:
             return np.array([self._slot_of[i] for i in ids], dtype=np.int64)
-        except KeyError:
-            unknown = [i for i in ids if i not in self._slot_of]
-            raise KeyError(f"{len(unknown)} unknown id(s): {unknown[:5]}") from None
+        except (KeyError, TypeError):
+            unknown = [i for i in ids if not _hashable(i) or i not in self._slot_of]
+            raise NotFoundError(f"{len(unknown)} unknown id(s): {unknown[:5]}") from None
 
     def _external(self, slots: np.ndarray) -> np.ndarray:
-        if self.id_kind == "str":
-            out = np.full(slots.shape, None, dtype=object)
-            found = slots >= 0
-            out[found] = [self._slot_ids[s] for s in slots[found].tolist()]
-            return out
-        table = np.array([-1 if i is None else i for i in self._slot_ids] + [-1], np.int64)
-        return table[slots]  # slot -1 picks the trailing -1
-
-    def _live_mask(self) -> np.ndarray:
-        return np.array([i is not None for i in self._slot_ids], dtype=bool)
+        """External ids of (n, k) slots; -1 (int ids) or None (str ids) where slot is -1."""
+        out = self._slot_ids[np.maximum(slots, 0)]
+        out[slots < 0] = None if self.id_kind == "str" else -1
+        return out
 
     def _uses_faiss(self) -> bool:
         return not (self.kind == "flat" and self.exact == "kernel" and self.device == "cpu")
@@ -533,37 +844,115 @@ class VectorIndex:
         if self.device == "cuda" and not _faiss.is_gpu(self._faiss):
             self._faiss = _faiss.to_gpu(self._faiss)
 
-    def _compact_if(self, needed: bool) -> None:
-        if needed:
-            self._compact()
 
-    def _compact(self) -> None:
-        """Drop tombstoned slots: renumber live rows and rebuild FAISS on them."""
-        started = time.perf_counter()
-        live = self._live_mask()
-        self._vectors = np.ascontiguousarray(self._vectors[live])
-        self._slot_ids = [i for i in self._slot_ids if i is not None]
-        self._slot_of = {i: s for s, i in enumerate(self._slot_ids)}
-        if self._texts is not None:
-            self._texts = [t for t, alive in zip(self._texts, live, strict=True) if alive]
-        if self._faiss is not None:
-            self._faiss.reset()  # keeps IVF training
-            self._faiss.add(self._vectors)
-        self._bm25_stale = True
-        log.debug("compacted %d rows in %.3f s", len(self._slot_ids), time.perf_counter() - started)
+# -------------------------------------------------------------------- exact top-k
+
+
+def _margin(dim: int) -> float:
+    """Bound on |kernel fp32 score - re-scored score| for unit rows, padded.
+
+    Any float32 dot (the kernel's SIMD scan, a BLAS tile, FAISS, the pairwise re-score) is
+    within gamma_d = d u / (1 - d u) of the exact dot, whatever its summation order
+    (|fl(x.y) - x.y| <= gamma_d |x| |y|); twice gamma_d covers two of them.
+    """
+    u = 2.0**-24
+    return 2.0 * dim * u / (1.0 - dim * u) * 1.01
+
+
+def _extra(k: int, dead: int, n: int) -> int:
+    """Candidates fetched past k: some for the rounding check, some to cover dead rows
+    (twice their expected number among the candidates)."""
+    extra = 2 + k // 8  # the check fails on near-ties only; those rows are fetched again
+    if dead:
+        extra += min(dead, math.ceil(2 * (k + extra) * dead / n) + 2)
+    return extra
+
+
+def _exact_topk(
+    q: np.ndarray, base: np.ndarray, k: int, live: np.ndarray | None, dead: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k rows of `base` (skipping rows where `live` is False): (n, min(k, live)).
+
+    The kernel nominates candidates; `_rescore` scores them exactly and checks that no row
+    left out could compete. Rows that fail (near-ties at the cut, many dead candidates)
+    are fetched again four times deeper, up to the whole table, where the check holds.
+    """
+    n = len(base)
+    k = min(k, n - dead)
+    scores, rows = _empty(len(q), max(k, 0))
+    if k <= 0:
+        return scores, rows
+    fetch = min(n, k + _extra(k, dead, n))
+    todo = np.arange(len(q))
+    while len(todo):
+        approx, cand = ops.topk_cosine(q[todo], base, fetch)
+        margin = _margin(base.shape[1]) if fetch < n else None
+        got_scores, got_rows, ok = _rescore(q[todo], base, approx, cand, live, k, margin)
+        scores[todo], rows[todo] = got_scores, got_rows
+        todo = todo[~ok]
+        fetch = min(n, fetch * 4)
+    return scores, rows
+
+
+def _rescore(
+    q: np.ndarray,
+    base: np.ndarray,
+    approx: np.ndarray,
+    cand: np.ndarray,
+    live: np.ndarray | None,
+    k: int,
+    margin: float | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The best k usable candidates per row by `_scores`, ties to the lower row; and per row
+    whether that is provably the exact top-k of the whole table.
+
+    margin: check that the k-th re-scored score beats the last fetched kernel score by it
+    (anything not fetched scored at most that in the kernel); None: no check (the whole
+    table was fetched, or the search is approximate anyway).
+    """
+    usable = cand >= 0
+    if live is not None:
+        usable &= live[np.maximum(cand, 0)]
+    exact = np.where(usable, _scores(q, base, cand), -np.inf).astype(np.float32)
+    key = np.where(usable, cand, np.iinfo(np.int64).max)
+    order = np.lexsort((key, -exact), axis=1)[:, :k]
+    scores = np.take_along_axis(exact, order, 1)
+    rows = np.where(np.isfinite(scores), np.take_along_axis(cand, order, 1), -1)
+    ok = usable.sum(axis=1) >= k
+    if margin is not None and k:
+        ok &= scores[:, -1] > approx[:, -1] + margin
+    return scores, rows, ok
+
+
+def _scores(q: np.ndarray, base: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """(n, c) float32 dots of query r with base[cand[r]], one pair at a time: the products,
+    then numpy's pairwise sum over the contiguous last axis, the same for every pair, so a
+    score never depends on which other rows or queries share the call. -1 candidates: 0."""
+    out = np.empty(cand.shape, dtype=np.float32)
+    step = max(1, (1 << 22) // max(1, cand.shape[1] * q.shape[1]))  # ~16 MiB of products
+    for r0 in range(0, len(q), step):
+        rows = base[np.maximum(cand[r0 : r0 + step], 0)]
+        rows *= q[r0 : r0 + step, None, :]
+        out[r0 : r0 + step] = rows.sum(axis=2)
+    return out
+
+
+# -------------------------------------------------------------------- helpers
 
 
 def _resolve_device(device: str, kind: str) -> str:
     if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        raise InvalidInputError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     if device == "cpu":
         return "cpu"
     gpus = _faiss.faiss_gpu_count()
     if device == "cuda":
         if gpus == 0:
-            raise ValueError("device='cuda' needs faiss with GPU support and a visible GPU")
+            raise InvalidInputError("device='cuda' needs faiss with GPU support and a visible GPU")
         if kind not in _faiss.GPU_KINDS:
-            raise ValueError(f"kind={kind!r} runs on the CPU only in FAISS: use device='cpu'")
+            raise InvalidInputError(
+                f"kind={kind!r} runs on the CPU only in FAISS: use device='cpu'"
+            )
         return "cuda"
     if gpus and kind in _faiss.GPU_KINDS:
         return "cuda"
@@ -571,62 +960,135 @@ def _resolve_device(device: str, kind: str) -> str:
     return "cpu"
 
 
-def _as_texts(items: Any) -> list[str] | None:
-    """The items as a list of str when they are texts, None when they are vectors."""
-    if isinstance(items, str):
-        raise TypeError("pass a list of texts, not a single string")
-    if isinstance(items, (list, tuple)) and items and all(isinstance(t, str) for t in items):
-        return list(items)
-    if isinstance(items, (list, tuple)) and any(isinstance(t, str) for t in items):
-        from embengine.validation import check_texts
+def _params(params: Any) -> dict[str, Any]:
+    if not isinstance(params, dict) or not set(params) <= set(_faiss.AnnParams().as_dict()):
+        raise CorruptFileError(f"bad ANN parameters {params!r}")
+    return params
 
-        check_texts(items)  # names the first non-str position
+
+def _check_positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InvalidInputError(f"{name} must be an int >= 1, got {value!r}")
+    return int(value)
+
+
+def _unit_rows(x: Any, name: str, dim: int) -> np.ndarray:
+    """A fresh C-contiguous float32 copy of x (any layout / float dtype), rows normalised."""
+    try:
+        a = ops.check_vectors(x, name, dim)
+    except EmbengineError:
+        raise
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
+    out = np.array(a, dtype=np.float32, order="C", copy=True)
+    return ops.normalize_rows_(out)
+
+
+def _as_texts(items: Any) -> list[str] | None:
+    """The items as a list of str when they are texts ([] for none), None for vectors."""
+    if isinstance(items, str):
+        raise InvalidTypeError("pass a list of texts, not a single string")
+    if isinstance(items, (list, tuple)):
+        if not items:
+            return []
+        if all(isinstance(t, str) for t in items):
+            return list(items)
+        if any(isinstance(t, str) for t in items):
+            from embengine.validation import check_texts
+
+            check_texts(items)  # names the first non-str position
     return None
 
 
 def _id_kind(i: object, position: int) -> str:
     if isinstance(i, (bool, np.bool_)):
-        raise TypeError(f"ids[{position}] is a bool; ids are int >= 0 or str")
+        raise InvalidTypeError(f"ids[{position}] is a bool; ids are int >= 0 or str")
     if isinstance(i, (int, np.integer)):
         if i < 0:
-            raise ValueError(f"ids[{position}] is {i}: int ids must be >= 0 (-1 means missing)")
+            raise InvalidInputError(
+                f"ids[{position}] is {i}: int ids must be >= 0 (-1 means missing)"
+            )
+        if i > INT64_MAX:
+            raise InvalidInputError(f"ids[{position}] is {i}: int ids must be < 2**63")
         return "int"
     if isinstance(i, str):
         return "str"
-    raise TypeError(f"ids[{position}] is {type(i).__name__}; ids are int >= 0 or str")
+    raise InvalidTypeError(f"ids[{position}] is {type(i).__name__}; ids are int >= 0 or str")
 
 
-def _id_array(slot_ids: list[Id | None], id_kind: str | None) -> np.ndarray:
-    if id_kind == "str":
-        return np.array(["" if i is None else i for i in slot_ids], dtype=str)
-    return np.array([-1 if i is None else i for i in slot_ids], dtype=np.int64)
+def _hashable(i: object) -> bool:
+    try:
+        hash(i)
+    except TypeError:
+        return False
+    return True
 
 
 def _repeats(ids: list[Id]) -> list[Id]:
-    return [i for i, count in Counter(ids).items() if count > 1]
+    try:
+        return [i for i, count in Counter(ids).items() if count > 1]
+    except TypeError:
+        raise InvalidTypeError("ids must be int or str") from None
+
+
+def _pack_strings(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Variable-length strings as UTF-8 bytes + offsets (any str round-trips, NULs too)."""
+    encoded = [v.encode("utf-8", "surrogatepass") for v in values]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(e) for e in encoded], out=offsets[1:])
+    return np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets
+
+
+def _unpack_strings(arrays: dict[str, np.ndarray], name: str, n: int, path: object) -> list[str]:
+    data, offsets = arrays[f"{name}_utf8"], arrays[f"{name}_offsets"]
+    if (
+        data.dtype != np.uint8
+        or offsets.dtype != np.int64
+        or offsets.shape != (n + 1,)
+        or offsets[0] != 0
+        or offsets[-1] != len(data)
+        or bool(np.any(np.diff(offsets) < 0))
+    ):
+        raise CorruptFileError(f"{path}: the {name} strings are inconsistent")
+    raw = data.tobytes()
+    bounds = offsets.tolist()
+    try:
+        return [raw[a:b].decode("utf-8", "surrogatepass") for a, b in itertools.pairwise(bounds)]
+    except UnicodeDecodeError as exc:
+        raise CorruptFileError(f"{path}: the {name} strings are not UTF-8") from exc
 
 
 def _empty(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full((n, k), -np.inf, np.float32), np.full((n, k), -1, np.int64)
 
 
-def _matches(bm25: np.ndarray) -> np.ndarray:
-    """BM25 scores with documents that share no query term (score 0) set to -inf."""
-    return np.where(bm25 > 0, bm25, -np.inf)
+def _pad(
+    scores: np.ndarray, ids: np.ndarray, k: int, id_kind: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(n, k) results: the found columns, then score -inf and id -1 / None."""
+    n, width = scores.shape
+    if width == k and (id_kind == "str") == (ids.dtype == object):
+        return scores, ids
+    out_scores = np.full((n, k), -np.inf, np.float32)
+    out_scores[:, :width] = scores
+    if id_kind == "str":
+        out_ids = np.full((n, k), None, dtype=object)
+    else:
+        out_ids = np.full((n, k), -1, dtype=np.int64)
+    out_ids[:, :width] = ids
+    return out_scores, out_ids
 
 
 def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k columns per row of a score matrix, -inf entries never returned."""
+    """Top-k columns per row of a score matrix, ties to the lower column, -inf never returned."""
     out_scores, out_cols = _empty(len(scores), k)
-    if scores.shape[1] == 0:
+    if scores.shape[1] == 0 or k == 0:
         return out_scores, out_cols
     take = min(k, scores.shape[1])
-    part = np.argpartition(-scores, take - 1, axis=1)[:, :take]
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((part, -part_scores), axis=1)
-    cols = np.take_along_axis(part, order, axis=1)
-    best = np.take_along_axis(part_scores, order, axis=1)
+    cols = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    order = np.lexsort((cols, -scores), axis=1)[:, :take]
+    best = np.take_along_axis(scores, order, axis=1)
     found = np.isfinite(best)
     out_scores[:, :take] = np.where(found, best, -np.inf)
-    out_cols[:, :take] = np.where(found, cols, -1)
+    out_cols[:, :take] = np.where(found, order, -1)
     return out_scores, out_cols
