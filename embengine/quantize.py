@@ -148,18 +148,22 @@ def _rescore(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact scores q . rows(ids) for each query's candidate ids; the best k, ties to lower id.
 
-    rows(ids) returns the (len(ids), dim) float32 vectors of those ids.
+    rows(ids) returns the (len(ids), dim) float32 vectors of those ids; candidate id -1 is an
+    empty slot.
     """
-    nq = len(queries)
+    nq, m = candidates.shape
+    valid = candidates >= 0
+    vectors = rows(np.where(valid, candidates, 0).ravel()).reshape(nq, m, -1)
+    exact = np.einsum("qmd,qd->qm", vectors.astype(np.float64), queries.astype(np.float64))
+    exact = np.where(valid, exact.astype(np.float32), np.float32(-np.inf))
+    keyed_ids = np.where(valid, candidates, np.iinfo(np.int64).max)
+    order = np.lexsort((keyed_ids, -exact), axis=1)[:, :k]
     scores = np.full((nq, k), -np.inf, dtype=np.float32)
     ids = np.full((nq, k), -1, dtype=np.int64)
-    for r in range(nq):
-        cand = candidates[r][candidates[r] >= 0]
-        if not len(cand):
-            continue
-        exact = (rows(cand).astype(np.float64) @ queries[r].astype(np.float64)).astype(np.float32)
-        order = np.lexsort((cand, -exact))[:k]
-        scores[r, : len(order)], ids[r, : len(order)] = exact[order], cand[order]
+    top_s = np.take_along_axis(exact, order, axis=1)
+    top_i = np.take_along_axis(candidates, order, axis=1)
+    scores[:, : order.shape[1]] = top_s
+    ids[:, : order.shape[1]] = np.where(np.isneginf(top_s), -1, top_i)
     return scores, ids
 
 

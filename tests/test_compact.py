@@ -198,7 +198,7 @@ def test_int8_extremes_do_not_saturate() -> None:
     assert ids[1].tolist() == [1, 2, 0]
 
 
-@pytest.mark.parametrize("nbytes", [1, 5, 8, 48, 100])
+@pytest.mark.parametrize("nbytes", [1, 5, 8, 32, 48, 96, 100, 128])
 @pytest.mark.parametrize("k", [1, 10, 2000])
 def test_hamming_topk_equals_the_oracle_ids_and_ties(
     rng: np.random.Generator, nbytes: int, k: int

@@ -52,8 +52,42 @@ void int8_block_generic(const int8_t* queries, int64_t q, const int8_t* codes, i
 }
 
 #if EMB_HAVE_AVX2_PATH
+// W 8-byte words per row, known at compile time: the row's words stay in registers while
+// every query is compared with them (xor + popcnt, fully unrolled).
+template <int W, int RR>
+EMB_AVX2_POPCNT inline void hamming_rows(const uint8_t* queries, int64_t q, const uint8_t* bits,
+                                         int32_t* out) {
+  uint64_t row[RR][W];
+  std::memcpy(row, bits, 8 * W * RR);
+  for (int64_t i = 0; i < q; ++i) {
+    uint64_t query[W];
+    std::memcpy(query, queries + i * 8 * W, 8 * W);
+    for (int j = 0; j < RR; ++j) {
+      int32_t diff = 0;
+      for (int w = 0; w < W; ++w) diff += static_cast<int32_t>(_mm_popcnt_u64(row[j][w] ^ query[w]));
+      out[i * kRows + j] = 64 * W - diff;
+    }
+  }
+}
+
+template <int W>
+EMB_AVX2_POPCNT void hamming_block_words(const uint8_t* queries, int64_t q, const uint8_t* bits,
+                                         int64_t rows, int32_t* out) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) hamming_rows<W, 4>(queries, q, bits + r * 8 * W, out + r);
+  for (; r < rows; ++r) hamming_rows<W, 1>(queries, q, bits + r * 8 * W, out + r);
+}
+
 EMB_AVX2_POPCNT void hamming_block_avx2(const uint8_t* queries, int64_t q, const uint8_t* bits,
                                         int64_t rows, int64_t nbytes, int32_t* out) {
+  switch (nbytes) {  // the widths of common models: 256, 384, 512, 768, 1024 dims
+    case 32: return hamming_block_words<4>(queries, q, bits, rows, out);
+    case 48: return hamming_block_words<6>(queries, q, bits, rows, out);
+    case 64: return hamming_block_words<8>(queries, q, bits, rows, out);
+    case 96: return hamming_block_words<12>(queries, q, bits, rows, out);
+    case 128: return hamming_block_words<16>(queries, q, bits, rows, out);
+    default: break;
+  }
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t i = 0; i < q; ++i)
       out[i * kRows + r] = matches(queries + i * nbytes, bits + r * nbytes, nbytes);
@@ -66,37 +100,53 @@ EMB_AVX2_POPCNT inline int32_t hsum_epi32(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
-// RQ queries against one code row. maddubs multiplies unsigned by signed bytes: |code| (at
+// RQ queries against RR code rows. maddubs multiplies unsigned by signed bytes: |code| (at
 // most 128) times the query carrying the code's sign (the query is in [-127, 127], so the
 // negation is exact), and a pair sums to at most 2 * 128 * 127 < 32767: no saturation.
-template <int RQ>
-EMB_AVX2_POPCNT inline void int8_rows(const int8_t* queries, const int8_t* code, int64_t d,
+template <int RQ, int RR>
+EMB_AVX2_POPCNT inline void int8_rows(const int8_t* queries, const int8_t* codes, int64_t d,
                                       int32_t* out, int64_t ldo) {
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256i acc[RQ];
-  for (int i = 0; i < RQ; ++i) acc[i] = _mm256_setzero_si256();
+  __m256i acc[RQ][RR];
+  for (int i = 0; i < RQ; ++i)
+    for (int j = 0; j < RR; ++j) acc[i][j] = _mm256_setzero_si256();
   int64_t p = 0;
   for (; p + 32 <= d; p += 32) {
-    const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(code + p));
-    const __m256i magnitude = _mm256_abs_epi8(c);
+    __m256i c[RR], magnitude[RR];
+    for (int j = 0; j < RR; ++j) {
+      c[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + j * d + p));
+      magnitude[j] = _mm256_abs_epi8(c[j]);
+    }
     for (int i = 0; i < RQ; ++i) {
       const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(queries + i * d + p));
-      const __m256i pairs = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(a, c));
-      acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(pairs, ones));
+      for (int j = 0; j < RR; ++j) {
+        const __m256i pairs = _mm256_maddubs_epi16(magnitude[j], _mm256_sign_epi8(a, c[j]));
+        acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(pairs, ones));
+      }
     }
   }
   for (int i = 0; i < RQ; ++i) {
-    out[i * ldo] = hsum_epi32(acc[i]) + dot_i8(queries + i * d + p, code + p, d - p);
+    for (int j = 0; j < RR; ++j) {
+      out[i * ldo + j] =
+          hsum_epi32(acc[i][j]) + dot_i8(queries + i * d + p, codes + j * d + p, d - p);
+    }
   }
 }
 
 EMB_AVX2_POPCNT void int8_block_avx2(const int8_t* queries, int64_t q, const int8_t* codes,
                                      int64_t rows, int64_t d, int32_t* out) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const int8_t* code = codes + r * d;
+  int64_t r = 0;
+  for (; r + 2 <= rows; r += 2) {
     int64_t i = 0;
-    for (; i + 4 <= q; i += 4) int8_rows<4>(queries + i * d, code, d, out + i * kRows + r, kRows);
-    for (; i < q; ++i) int8_rows<1>(queries + i * d, code, d, out + i * kRows + r, kRows);
+    for (; i + 4 <= q; i += 4)
+      int8_rows<4, 2>(queries + i * d, codes + r * d, d, out + i * kRows + r, kRows);
+    for (; i < q; ++i) int8_rows<1, 2>(queries + i * d, codes + r * d, d, out + i * kRows + r, kRows);
+  }
+  for (; r < rows; ++r) {
+    int64_t i = 0;
+    for (; i + 4 <= q; i += 4)
+      int8_rows<4, 1>(queries + i * d, codes + r * d, d, out + i * kRows + r, kRows);
+    for (; i < q; ++i) int8_rows<1, 1>(queries + i * d, codes + r * d, d, out + i * kRows + r, kRows);
   }
 }
 
@@ -123,6 +173,39 @@ void hamming_block(const uint8_t* queries, int64_t q, const uint8_t* bits, int64
   hamming_block_generic(queries, q, bits, rows, nbytes, out);
 }
 
+// Offer n integer scores (ids first_id + r) to a k-entry heap; most fail the root check,
+// made eight at a time on AVX2.
+#if EMB_HAVE_AVX2_PATH
+EMB_AVX2_POPCNT void offer_ints_avx2(const int32_t* row, int64_t n, float* s, int64_t* id,
+                                     int64_t k, int64_t first_id) {
+  int64_t r = 0;
+  for (; r + 8 <= n; r += 8) {
+    const __m256 v = _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + r)));
+    unsigned mask = _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(s[0]), _CMP_GE_OQ));
+    while (mask) {
+      const int64_t c = r + __builtin_ctz(mask);
+      heap_offer(s, id, k, static_cast<float>(row[c]), first_id + c);  // re-checks the root
+      mask &= mask - 1;
+    }
+  }
+  for (; r < n; ++r) {
+    const float v = static_cast<float>(row[r]);
+    if (v >= s[0]) heap_offer(s, id, k, v, first_id + r);
+  }
+}
+#endif
+
+void offer_ints(const int32_t* row, int64_t n, float* s, int64_t* id, int64_t k,
+                int64_t first_id) {
+#if EMB_HAVE_AVX2_PATH
+  if (kAvx2) return offer_ints_avx2(row, n, s, id, k, first_id);
+#endif
+  for (int64_t r = 0; r < n; ++r) {
+    const float v = static_cast<float>(row[r]);
+    if (v >= s[0]) heap_offer(s, id, k, v, first_id + r);
+  }
+}
+
 // Scan n rows in blocks of kRows: `block(r0, rows, tile)` fills a (q, kRows) int32 tile,
 // whose scores go to per-thread heaps, merged into the caller's heaps at the end.
 template <typename Block>
@@ -143,10 +226,7 @@ void scan(int64_t q, int64_t n, int64_t row_bytes, int64_t base_offset, int64_t 
         float* s = hs.data() + i * k;
         int64_t* id = hi.data() + i * k;
         const int32_t* row = tile.data() + i * kRows;
-        for (int64_t r = 0; r < rows; ++r) {
-          const float v = static_cast<float>(row[r]);
-          if (v >= s[0]) heap_offer(s, id, k, v, base_offset + r0 + r);  // most fail here
-        }
+        offer_ints(row, rows, s, id, k, base_offset + r0);
       }
     }
 #pragma omp critical
