@@ -154,8 +154,8 @@ def _rescore(
     nq, m = candidates.shape
     valid = candidates >= 0
     vectors = rows(np.where(valid, candidates, 0).ravel()).reshape(nq, m, -1)
-    exact = np.einsum("qmd,qd->qm", vectors.astype(np.float64), queries.astype(np.float64))
-    exact = np.where(valid, exact.astype(np.float32), np.float32(-np.inf))
+    exact = np.matmul(vectors, queries[:, :, None].astype(np.float32))[..., 0]  # float32 dots
+    exact = np.where(valid, exact, np.float32(-np.inf))
     keyed_ids = np.where(valid, candidates, np.iinfo(np.int64).max)
     order = np.lexsort((keyed_ids, -exact), axis=1)[:, :k]
     scores = np.full((nq, k), -np.inf, dtype=np.float32)
@@ -243,7 +243,7 @@ def _rescore_rows(vectors: Any, quantizer: Int8Quantizer | None, n: int, dim: in
         return lambda ids: quantizer.dequantize(v[ids])
     if v.dtype not in (np.float32, np.float16):
         raise InvalidInputError(f"rescore_with must be float32, float16 or int8, got {v.dtype}")
-    return lambda ids: v[ids].astype(np.float32)
+    return lambda ids: v[ids].astype(np.float32, copy=False)
 
 
 def _check_oversample(oversample: int) -> int:
