@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 
+#include "embengine/compact_cuda.h"
 #include "embengine/pooling_cuda.h"
 #include "embengine/similarity_cuda.h"
 
@@ -155,6 +156,34 @@ PYBIND11_MODULE(_cuda, m) {
       },
       py::arg("queries"), py::arg("q"), py::arg("base"), py::arg("dtype"), py::arg("n"),
       py::arg("d"), py::arg("out"), py::arg("ld"), py::arg("stream"));
+  m.def(
+      "int8_dot_scores",
+      [](std::uintptr_t queries, int64_t q, std::uintptr_t codes, int64_t n, int64_t d,
+         std::uintptr_t out, int64_t ld, std::uintptr_t stream) {
+        if (ld < n) throw py::value_error("score row stride must be >= the code rows");
+        if (q == 0 || n == 0 || d == 0) return;
+        const int8_t* qp = device_ptr<const int8_t>(queries, "queries");
+        const int8_t* cp = device_ptr<const int8_t>(codes, "codes");
+        float* o = device_ptr<float>(out, "out");
+        py::gil_scoped_release release;
+        int8_dot_scores(qp, q, cp, n, d, o, ld, as_stream(stream));
+      },
+      py::arg("queries"), py::arg("q"), py::arg("codes"), py::arg("n"), py::arg("d"),
+      py::arg("out"), py::arg("ld"), py::arg("stream"));
+  m.def(
+      "hamming_scores",
+      [](std::uintptr_t queries, int64_t q, std::uintptr_t bits, int64_t n, int64_t nbytes,
+         std::uintptr_t out, int64_t ld, std::uintptr_t stream) {
+        if (ld < n) throw py::value_error("score row stride must be >= the bit rows");
+        if (q == 0 || n == 0 || nbytes == 0) return;
+        const uint8_t* qp = device_ptr<const uint8_t>(queries, "queries");
+        const uint8_t* bp = device_ptr<const uint8_t>(bits, "bits");
+        float* o = device_ptr<float>(out, "out");
+        py::gil_scoped_release release;
+        hamming_scores(qp, q, bp, n, nbytes, o, ld, as_stream(stream));
+      },
+      py::arg("queries"), py::arg("q"), py::arg("bits"), py::arg("n"), py::arg("nbytes"),
+      py::arg("out"), py::arg("ld"), py::arg("stream"));
   m.def(
       "topk_select",
       [](std::uintptr_t tile, int64_t q, int64_t m, int64_t ld, std::uintptr_t tile_ids,

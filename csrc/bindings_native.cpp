@@ -14,6 +14,7 @@
 #include <omp.h>
 #endif
 
+#include "embengine/compact.h"
 #include "embengine/pooling.h"
 #include "embengine/similarity.h"
 
@@ -135,6 +136,40 @@ int64_t topk_scan(const py::array& queries, const py::array& base, py::array& he
   const auto* bp = static_cast<const uint16_t*>(base.data());
   py::gil_scoped_release release;
   return cpu::topk_scan_f16(qp, q, bp, n, d, base_offset, k, hs, hi, exclude_self, self_offset);
+}
+
+// A C-contiguous 2-D int8 (signed) or uint8 (bits) matrix, or ValueError naming it.
+void require_bytes(const py::array& a, const char* name, char kind) {
+  require(a.ndim() == 2, std::string(name) + " must be 2-D, got shape " + shape_of(a));
+  require(a.dtype().kind() == kind && a.dtype().itemsize() == 1,
+          std::string(name) + (kind == 'i' ? " must be int8" : " must be uint8") + ", got " +
+              std::string(py::str(a.dtype())));
+  require_c_contiguous(a, name);
+}
+
+// Compact top-k scans: int8 codes (kind 'i') or packed sign bits (kind 'u'). The int8
+// queries must lie in [-127, 127]: the Python op checks (the kernel's exactness needs it).
+void compact_scan(const py::array& queries, const py::array& base, py::array& heap_scores,
+                  py::array& heap_ids, int64_t base_offset, char kind) {
+  require_bytes(queries, "queries", kind);
+  require_bytes(base, kind == 'i' ? "codes" : "bits", kind);
+  require(base.shape(1) == queries.shape(1),
+          std::string(kind == 'i' ? "codes" : "bits") + " have width " +
+              std::to_string(base.shape(1)) + ", queries " + std::to_string(queries.shape(1)));
+  const int64_t q = queries.shape(0), n = base.shape(0), d = queries.shape(1);
+  require_heaps(heap_scores, heap_ids, q);
+  const int64_t k = heap_scores.shape(1);
+  auto* hs = static_cast<float*>(heap_scores.mutable_data());
+  auto* hi = static_cast<int64_t*>(heap_ids.mutable_data());
+  py::gil_scoped_release release;
+  if (kind == 'i') {
+    cpu::topk_int8_scan(static_cast<const int8_t*>(queries.data()), q,
+                        static_cast<const int8_t*>(base.data()), n, d, base_offset, k, hs, hi);
+  } else {
+    cpu::topk_hamming_scan(static_cast<const uint8_t*>(queries.data()), q,
+                           static_cast<const uint8_t*>(base.data()), n, d, base_offset, k, hs,
+                           hi);
+  }
 }
 
 // A float32 (rows, cols) tile whose rows may be strided (a column slice of a buffer).
@@ -363,6 +398,26 @@ PYBIND11_MODULE(_native, m) {
         "Offer every base row (ids base_offset + row) to the (q, k) top-k heaps: the native "
         "SIMD scan for few queries. float32 queries, float32 or float16 base. Returns the "
         "count of non-finite scores (skipped).");
+  m.def(
+      "topk_int8_scan",
+      [](const py::array& queries, const py::array& codes, py::array& heap_scores,
+         py::array& heap_ids, int64_t base_offset) {
+        compact_scan(queries, codes, heap_scores, heap_ids, base_offset, 'i');
+      },
+      py::arg("queries"), py::arg("codes"), py::arg("heap_scores"), py::arg("heap_ids"),
+      py::arg("base_offset"),
+      "Offer every int8 code row to the (q, k) heaps scored by its exact integer dot with the "
+      "int8 queries (values in [-127, 127]).");
+  m.def(
+      "topk_hamming_scan",
+      [](const py::array& queries, const py::array& bits, py::array& heap_scores,
+         py::array& heap_ids, int64_t base_offset) {
+        compact_scan(queries, bits, heap_scores, heap_ids, base_offset, 'u');
+      },
+      py::arg("queries"), py::arg("bits"), py::arg("heap_scores"), py::arg("heap_ids"),
+      py::arg("base_offset"),
+      "Offer every packed-bit row (uint8) to the (q, k) heaps scored by matching bits "
+      "(8 * bytes - Hamming distance).");
   m.def("topk_offer_tile", &topk_offer_tile, py::arg("tile"), py::arg("heap_scores"),
         py::arg("heap_ids"), py::arg("base_offset"), py::arg("exclude_self"),
         py::arg("self_offset"), "Offer a (q, m) float32 score tile to the (q, k) top-k heaps; returns the count of "

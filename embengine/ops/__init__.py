@@ -24,6 +24,7 @@ from embengine.ops._arrays import (
     same_device,
     to_numpy,
 )
+from embengine.ops.compact import topk_hamming, topk_int8
 
 DEFAULT_EPS = 1e-12  # as torch.nn.functional.normalize and sentence-transformers
 # The most (score, id) slots one top-k call returns: q * k above this is refused rather than
@@ -39,6 +40,8 @@ __all__ = [
     "normalize_rows_",
     "pairs_above",
     "topk_cosine",
+    "topk_hamming",
+    "topk_int8",
 ]
 
 
