@@ -549,12 +549,12 @@ def match_candidates(
         raise InvalidInputError("confirm needs left_texts and right_texts")
     if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
         raise InvalidInputError(f"candidates must be an int >= 1, got {candidates!r}")
-    for name, value, high in (
-        ("identifier_weight", identifier_weight, 1.0),
-        ("lexical_weight", lexical_weight, 1.0),
+    for name, value in (
+        ("identifier_weight", identifier_weight),
+        ("lexical_weight", lexical_weight),
     ):
-        if not isinstance(value, (int, float)) or not 0.0 <= value <= high:
-            raise InvalidInputError(f"{name} must be in [0, {high}], got {value!r}")
+        if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:  # False for NaN
+            raise InvalidInputError(f"{name} must be in [0, 1], got {value!r}")
     if len(a) == 0 or len(b) == 0:
         return _empty_pairs()
     pairs = _candidate_pairs(a, b, min(candidates, len(b)), min(candidates, len(a)))
