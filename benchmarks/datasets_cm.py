@@ -68,7 +68,7 @@ def tables(data: Path, name: str) -> tuple[list[dict], list[dict], set[tuple[int
 MATCH_FIELDS = {
     "abt_buy": (["name"], ["name", "manufacturer"]),
     "dblp_acm": (["title", "authors", "year"], ["title", "authors", "year"]),
-    "walmart_amazon": (["title", "brand"], ["title", "brand"]),
+    "walmart_amazon": (["title", "brand", "modelno"], ["title", "brand", "modelno"]),
 }
 INTENT_SETS = {
     "banking77": ("train", "test"),
