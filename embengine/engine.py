@@ -308,7 +308,7 @@ class Engine:
         mutual: bool = True,
         candidates: int = 10,
         identifier_weight: float = 0.3,
-        lexical_weight: float = 0.5,
+        lexical_weight: float = 0.3,
     ) -> Pairs:
         """Entity matching across two tables: see embengine.tasks.dedup.match."""
         from embengine.tasks.dedup import match

@@ -497,7 +497,7 @@ def match_vectors(
     mutual: bool = True,
     candidates: int = 10,
     identifier_weight: float = 0.3,
-    lexical_weight: float = 0.5,
+    lexical_weight: float = 0.3,
 ) -> Pairs:
     """Match rows of two tables: (i in left, j in right, score), sorted by (i, j).
 
@@ -527,7 +527,7 @@ def match_candidates(
     confirm: Confirm | bool | None = None,
     candidates: int = 10,
     identifier_weight: float = 0.3,
-    lexical_weight: float = 0.5,
+    lexical_weight: float = 0.3,
 ) -> Pairs:
     """Scored candidate pairs across two tables, before any threshold.
 
@@ -624,7 +624,7 @@ def match(
     mutual: bool = True,
     candidates: int = 10,
     identifier_weight: float = 0.3,
-    lexical_weight: float = 0.5,
+    lexical_weight: float = 0.3,
 ) -> Pairs:
     """Entity matching across two tables: embed both, then match_vectors.
 
