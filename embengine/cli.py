@@ -184,10 +184,13 @@ def _add_classify(commands: argparse._SubParsersAction) -> None:
     )
     classify.add_argument("--label-field", default="label", help="examples' field with the label")
     _add_input_options(classify)
-    classify.add_argument("--mode", choices=["auto", "knn", "centroid"], default="auto")
+    classify.add_argument(
+        "--mode", choices=["auto", "lda", "neighbours", "knn", "centroid"], default="auto"
+    )
     classify.add_argument(
         "--threshold",
-        help="open set: a cosine, or 'auto'; records below it get an empty label",
+        help="open set: an out-of-scope score in [0, 2], or 'auto'; records scoring above it "
+        "get an empty label",
     )
     _add_output_options(classify, "predictions")
     _add_engine_options(classify)
@@ -558,7 +561,7 @@ def _run_classify(args: argparse.Namespace) -> int:
             examples.setdefault(record.id, []).append(record.text)
     if not examples:
         raise ValueError(f"{args.examples} holds no labelled examples")
-    classifier = engine.classifier(examples, mode=args.mode, threshold=threshold)
+    classifier = engine.classifier(examples, mode=args.mode, threshold=threshold, unknown="")
     reader = _Reader(args, text=args.text_field, id=args.id_field)
 
     def rows() -> Iterator[dict[str, Any]]:

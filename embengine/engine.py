@@ -305,12 +305,37 @@ class Engine:
         return [prefix + text for text in items] if prefix else items
 
     def classifier(
-        self, examples: Mapping[Hashable, Sequence[str]] | None = None, **options: Any
+        self,
+        examples: Mapping[Hashable, Sequence[str]] | None = None,
+        *,
+        mode: str = "auto",
+        k: int = 5,
+        knn_temperature: float = 0.05,
+        centroid_temperature: float = 0.05,
+        lda_temperature: float = 10.0,
+        center: bool = True,
+        threshold: float | str | None = None,
+        reject_rate: float = 0.05,
+        oos_k: int = 3,
+        unknown: str | int = "unknown",
     ) -> Classifier:
         """A classifier from labelled examples (embengine.tasks.classify.Classifier)."""
         from embengine.tasks.classify import Classifier
 
-        return Classifier(self, examples, **options)
+        return Classifier(
+            self,
+            examples,
+            mode=mode,
+            k=k,
+            knn_temperature=knn_temperature,
+            centroid_temperature=centroid_temperature,
+            lda_temperature=lda_temperature,
+            center=center,
+            threshold=threshold,
+            reject_rate=reject_rate,
+            oos_k=oos_k,
+            unknown=unknown,
+        )
 
     def anomaly_detector(
         self,
@@ -540,12 +565,43 @@ class Engine:
         )
 
     def match(
-        self, left: Sequence, right: Sequence, threshold: float = 0.5, **options: Any
+        self,
+        left: Sequence,
+        right: Sequence,
+        threshold: float | str = "auto",
+        *,
+        fields: Sequence[str] | None = None,
+        template: str | None = None,
+        left_fields: Sequence[str] | None = None,
+        right_fields: Sequence[str] | None = None,
+        left_template: str | None = None,
+        right_template: str | None = None,
+        confirm: Callable[[str, str], bool] | bool | None = None,
+        mutual: bool = True,
+        candidates: int = 10,
+        identifier_weight: float = 0.3,
+        lexical_weight: float = 0.3,
     ) -> Pairs:
         """Entity matching across two tables: see embengine.tasks.dedup.match."""
         from embengine.tasks.dedup import match
 
-        return match(self, left, right, threshold, **options)
+        return match(
+            self,
+            left,
+            right,
+            threshold,
+            fields=fields,
+            template=template,
+            left_fields=left_fields,
+            right_fields=right_fields,
+            left_template=left_template,
+            right_template=right_template,
+            confirm=confirm,
+            mutual=mutual,
+            candidates=candidates,
+            identifier_weight=identifier_weight,
+            lexical_weight=lexical_weight,
+        )
 
     def recommender(
         self,

@@ -1,13 +1,16 @@
-"""Classifier: accuracy on the bundled tickets, classes added and removed, open set, files."""
+"""Classifier: accuracy, classes added and removed, out-of-scope score, open set, files, threads."""
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import pytest
 
 from embengine.demo import bundled_tickets
+from embengine.errors import InvalidInputError, NotFoundError
 from embengine.io import CorruptFileError
-from embengine.tasks.classify import Classifier
+from embengine.tasks.classify import MODES, Classifier, ledoit_wolf_shrinkage
 
 
 def _tickets(split: str) -> dict[str, list[str]]:
@@ -23,7 +26,7 @@ def examples() -> dict[str, list[str]]:
     return _tickets("train")
 
 
-@pytest.mark.parametrize("mode", ["auto", "knn", "centroid"])
+@pytest.mark.parametrize("mode", MODES)
 def test_accuracy_on_bundled_tickets(engine, examples, mode):
     clf = engine.classifier(examples, mode=mode)
     test = [
@@ -75,39 +78,103 @@ class _Dim16:
         raise AssertionError("vector tests must not embed")
 
 
-def test_knn_and_centroid_agree_on_separated_clusters(rng):
+def test_modes_agree_on_separated_clusters(rng):
     x, y = _clusters(rng)
-    for mode in ("knn", "centroid", "auto"):
+    for mode in MODES:
         clf = Classifier(_Dim16(), mode=mode, k=3)
         clf.add_vectors("a", x[y == 0])
         clf.add_vectors("b", x[y == 1])
-        assert clf.predict_vectors(x) == ["a"] * 8 + ["b"] * 8
+        assert clf.predict_vectors(x) == ["a"] * 8 + ["b"] * 8, mode
 
 
-def test_open_set_threshold_refuses_far_queries(rng):
+def test_lda_uses_the_shared_covariance(rng):
+    """Two labels apart along a low-variance axis, spread widely along another: LDA
+    separates them where the nearest centroid by cosine is fooled by the spread."""
+    dim, n = 16, 200
+    base = np.zeros(dim, np.float32)
+    base[0] = 1.0
+    spread = rng.standard_normal((2 * n, 1)) * 0.6
+    x = np.repeat(base[None], 2 * n, axis=0)
+    x[:, 1] = spread[:, 0]
+    x[:n, 2], x[n:, 2] = 0.05, -0.05
+    x[:, 3:] = 0.005 * rng.standard_normal((2 * n, dim - 3))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = np.repeat(["up", "down"], n)
+    train, test = np.arange(0, 2 * n, 2), np.arange(1, 2 * n, 2)
+    lda = Classifier.from_vectors(x[train], list(y[train]), mode="lda")
+    accuracy = np.mean(np.array(lda.predict_vectors(x[test])) == y[test])
+    assert accuracy > 0.97
+
+
+def test_ledoit_wolf_matches_the_published_formula_limits(rng):
+    isotropic = rng.standard_normal((5000, 8))
+    assert ledoit_wolf_shrinkage(isotropic - isotropic.mean(0)) > 0.5  # identity-like: shrink
+    skewed = rng.standard_normal((5000, 8)) * np.array([10, 1, 1, 1, 1, 1, 1, 0.1])
+    assert ledoit_wolf_shrinkage(skewed - skewed.mean(0)) < 0.05  # well estimated: keep
+
+
+def test_oos_score_ranks_planted_out_of_scope_vectors_first(rng):
+    x, y = _clusters(rng)
+    clf = Classifier.from_vectors(x, ["a" if v == 0 else "b" for v in y])
+    far = np.eye(16, dtype=np.float32)[4:10]  # orthogonal to both clusters
+    inside = clf.oos_score_vectors(x)
+    outside = clf.oos_score_vectors(far)
+    assert inside.dtype == np.float32
+    assert inside.shape == (16,)
+    assert outside.min() > inside.max()
+    assert inside.min() >= 0.0
+    assert outside.max() <= 2.0
+
+
+def test_oos_score_ranks_off_topic_texts_above_tickets(engine, examples):
+    clf = engine.classifier(examples)
+    tickets = [t for label, texts in _tickets("test").items() if label != "cancel" for t in texts]
+    off_topic = [
+        "What is the capital of Peru?",
+        "Best recipe for banana bread",
+        "Who won the football match last night?",
+        "How tall is Mount Everest?",
+    ]
+    inside, outside = clf.oos_score(tickets), clf.oos_score(off_topic)
+    auroc = np.mean(outside[:, None] > inside[None, :])
+    assert auroc >= 0.9, (inside, outside)
+
+
+def test_open_set_refuses_with_a_named_label_never_none(rng):
     x, y = _clusters(rng)
     clf = Classifier(_Dim16(), threshold="auto", reject_rate=0.05, unknown="other")
     clf.add_vectors("a", x[y == 0])
     clf.add_vectors("b", x[y == 1])
-    threshold = clf.threshold
-    assert 0.9 < threshold < 1.0  # tight clusters: nearest neighbours are very similar
-    far = np.zeros((1, 16), np.float32)
-    far[0, 5] = 1.0  # orthogonal to both clusters
+    assert 0.0 < clf.threshold < 0.1  # tight clusters: leave-one-out scores are small
+    far = np.eye(16, dtype=np.float32)[5:6]
     assert clf.predict_vectors(np.concatenate([x[:1], far])) == ["a", "other"]
-    fixed = Classifier(_Dim16(), threshold=-1.0)  # everything is close enough
-    fixed.add_vectors("a", x[y == 0])
-    assert fixed.predict_vectors(far) == ["a"]
-    closed = Classifier(_Dim16())
-    closed.add_vectors("a", x[y == 0])
+    default = Classifier.from_vectors(x, list(y), threshold="auto")
+    predicted = default.predict_vectors(np.concatenate([x, far]))
+    assert None not in predicted
+    assert predicted[-1] == "unknown"
+    keep_all = Classifier.from_vectors(x[y == 0], [0] * 8, threshold=2.0)
+    assert keep_all.predict_vectors(far) == [0]
+    closed = Classifier.from_vectors(x[y == 0], [0] * 8)
     assert closed.threshold is None
-    assert closed.predict_vectors(far) == ["a"]
+    assert closed.predict_vectors(far) == [0]
+
+
+def test_from_vectors_needs_no_model(rng):
+    x, y = _clusters(rng)
+    clf = Classifier.from_vectors(x, [int(v) for v in y], mode="neighbours")
+    assert clf.labels == [0, 1]
+    assert clf.predict_vectors(x[:2]) == [0, 0]
+    with pytest.raises(InvalidInputError, match="no engine"):
+        clf.predict(["text"])
+    with pytest.raises(InvalidInputError, match="3 labels for 16 vectors"):
+        Classifier.from_vectors(x, [0, 1, 0])
 
 
 def test_save_load_round_trip(engine, examples, tmp_path):
     clf = engine.classifier(examples, mode="knn", k=5, threshold="auto", unknown="?")
     clf.add_examples("cancel", _tickets("new")["cancel"])
     clf.save(tmp_path / "clf.emb")
-    loaded = Classifier.load(engine, tmp_path / "clf.emb")
+    loaded = Classifier.load(tmp_path / "clf.emb", engine=engine)
     queries = [t for texts in _tickets("test").values() for t in texts]
     assert loaded.labels == clf.labels
     assert loaded.counts() == clf.counts()
@@ -117,7 +184,51 @@ def test_save_load_round_trip(engine, examples, tmp_path):
     data = (tmp_path / "clf.emb").read_bytes()
     (tmp_path / "cut.emb").write_bytes(data[:-10])
     with pytest.raises(CorruptFileError):
-        Classifier.load(engine, tmp_path / "cut.emb")
+        Classifier.load(tmp_path / "cut.emb", engine=engine)
+
+
+def test_vector_classifier_round_trips_without_an_engine(rng, tmp_path):
+    x, y = _clusters(rng)
+    clf = Classifier.from_vectors(x, [str(v) for v in y], threshold="auto")
+    clf.save(tmp_path / "v.emb")
+    loaded = Classifier.load(tmp_path / "v.emb", engine=None)
+    assert loaded.predict_vectors(x) == clf.predict_vectors(x)
+    assert loaded.threshold == pytest.approx(clf.threshold)
+
+
+def test_predict_during_writes_sees_whole_states(rng):
+    """Readers racing add_vectors / remove_label see the state before or after a write."""
+    x, y = _clusters(rng)
+    clf = Classifier.from_vectors(x, ["a" if v == 0 else "b" for v in y], threshold="auto")
+    extra = np.eye(16, dtype=np.float32)[6:9]
+    errors: list[BaseException] = []
+    seen: set[str] = set()
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                seen.update(clf.predict_vectors(np.concatenate([x[:2], extra[:1]])))
+                proba = clf.predict_proba_vectors(x[:2])
+                assert proba.shape[1] in (2, 3)
+                np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-4)
+                clf.oos_score_vectors(extra)
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    for thread in readers:
+        thread.start()
+    for _ in range(30):
+        clf.add_vectors("c", extra)
+        clf.remove_label("c")
+    stop.set()
+    for thread in readers:
+        thread.join()
+    assert not errors, errors[0]
+    assert seen <= {"a", "b", "c", "unknown"}
+    assert clf.labels == ["a", "b"]
 
 
 def test_bad_input_is_refused_with_a_clear_error(engine, examples, rng):
@@ -128,15 +239,30 @@ def test_bad_input_is_refused_with_a_clear_error(engine, examples, rng):
         clf.add_examples("billing", "not a list")
     with pytest.raises(ValueError, match="no example texts"):
         clf.add_examples("empty", [])
-    with pytest.raises(TypeError, match="labels must be str or int"):
+    with pytest.raises(TypeError, match="must be str or int"):
         clf.add_examples(("a", "tuple"), ["text"])
     with pytest.raises(ValueError, match="dim 8, expected 384"):
         clf.predict_vectors(np.zeros((2, 8), np.float32))
     with pytest.raises(ValueError, match="NaN"):
         clf.predict_vectors(np.full((1, 384), np.nan, np.float32))
-    with pytest.raises(ValueError, match="mode must be one of"):
+    with pytest.raises(InvalidInputError, match="mode must be one of"):
         engine.classifier(examples, mode="svm")
-    with pytest.raises(RuntimeError, match="no examples"):
+    with pytest.raises(InvalidInputError, match="no examples"):
         engine.classifier().predict(["anything"])
+    for bad in (float("nan"), 5.0, -0.1, "high"):
+        with pytest.raises(InvalidInputError, match="threshold"):
+            engine.classifier(examples, threshold=bad)
+    with pytest.raises(InvalidInputError, match="centroid_temperature"):
+        engine.classifier(examples, centroid_temperature=float("nan"))
+    with pytest.raises(InvalidInputError, match="reject_rate"):
+        engine.classifier(examples, reject_rate=1.0)
+    with pytest.raises(TypeError, match="unknown must be str or int"):
+        engine.classifier(examples, unknown=None)
+    with pytest.raises(InvalidInputError, match="`unknown` label"):
+        engine.classifier(examples).add_examples("unknown", ["text"])
+    with pytest.raises(NotFoundError, match="nope"):
+        clf.remove_label("nope")
+    assert clf.labels == list(examples)  # nothing half-applied by the failures above
     assert clf.predict([]) == []
     assert clf.predict_proba([]).shape == (0, 4)
+    assert clf.oos_score([]).shape == (0,)

@@ -131,7 +131,6 @@ SAVEABLE = {
     "classifier": pytest.param(
         Saveable(_classifier, lambda clf: [clf.predict(QUERIES), clf.predict_proba(QUERIES)]),
         id="classifier",
-        marks=pending("classmatch", "moves Classifier.load(engine, path) to load(path, *, engine)"),
     ),
     "anomaly-detector": pytest.param(
         Saveable(_detector, lambda det: [det.score(QUERIES), det.threshold]),
@@ -316,7 +315,6 @@ ERRORS = [
     pytest.param(
         lambda e: e.classifier({"a": DOCS[:1]}, mode="nope"),
         id="classifier-bad-mode",
-        marks=pending("classmatch", "raises InvalidInputError for bad settings"),
     ),
     pytest.param(
         lambda e: _classifier(e).predict_vectors(np.zeros((1, 3), np.float32)),
@@ -337,12 +335,10 @@ ERRORS = [
     pytest.param(
         lambda e: e.dedup(DOCS, threshold=2.0),
         id="dedup-bad-threshold",
-        marks=pending("classmatch", "(or whoever edits dedup.py) raises InvalidInputError"),
     ),
     pytest.param(
         lambda e: e.match(DOCS, DOCS, threshold=float("nan")),
         id="match-nan-threshold",
-        marks=pending("classmatch", "refuses a NaN match threshold (issue 16, item 11)"),
     ),
 ]
 
@@ -361,8 +357,8 @@ def test_bad_input_raises_the_engine_error_family(
 FACTORIES = [
     pytest.param("recommender", id="recommender"),
     pytest.param("dedup", id="dedup"),
-    pytest.param("classifier", id="classifier", marks=pending("classmatch", "types its options")),
-    pytest.param("match", id="match", marks=pending("classmatch", "types its options")),
+    pytest.param("classifier", id="classifier"),
+    pytest.param("match", id="match"),
     pytest.param("anomaly_detector", id="anomaly_detector"),
     pytest.param("index", id="index"),
     pytest.param("search", id="search"),

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from embengine import Engine, ops
+from embengine.errors import InvalidInputError
 from embengine.records import record_texts
 from embengine.tasks.dedup import (
     Clusters,
@@ -15,6 +16,7 @@ from embengine.tasks.dedup import (
     exact_pairs,
     identifier_agreement,
     identifiers,
+    lexical_scores,
     match_vectors,
     partitioned_pairs,
 )
@@ -177,3 +179,59 @@ def test_engine_match_with_default_confirmation(engine: Engine) -> None:
     strict = engine.match(left, right, 0.3, confirm=True)
     assert list(zip(strict.i.tolist(), strict.j.tolist(), strict=True)) == [(1, 0)]
     assert StringConfirm()("KDL40V4100 TV", "KDL46V4100 TV") is False
+
+
+def test_lexical_scores_are_tfidf_cosines() -> None:
+    left = ["Sony Bravia KDL40V4100", "Canon camera", "completely different words"]
+    right = ["sony bravia kdl40v4100", "Canon PowerShot camera", "zzz qqq"]
+    i = np.array([0, 1, 1, 2, 0])
+    j = np.array([0, 1, 0, 2, 1])
+    s = lexical_scores(left, right, i, j)
+    assert s.dtype == np.float32
+    assert s[0] == pytest.approx(1.0, abs=1e-5)  # same text up to case
+    assert 0.3 < s[1] < 1.0  # shares "canon" and "camera"
+    assert s[2] == pytest.approx(0.0)  # nothing in common
+    assert s[3] == pytest.approx(0.0)
+    assert s[1] > s[4]
+    flipped = lexical_scores(right, left, j, i)
+    np.testing.assert_allclose(flipped, s, atol=1e-6)  # symmetric
+
+
+def test_auto_threshold_keeps_planted_matches_and_drops_unmatched_rows(
+    rng: np.random.Generator,
+) -> None:
+    right = unit(rng.standard_normal((200, 32)))
+    matched = unit(right[:60] + 0.08 * rng.standard_normal((60, 32)))
+    unmatched = unit(rng.standard_normal((140, 32)))
+    pairs = match_vectors(np.concatenate([matched, unmatched]), right)  # threshold="auto"
+    found = set(zip(pairs.i.tolist(), pairs.j.tolist(), strict=True))
+    planted = {(n, n) for n in range(60)}
+    assert len(found & planted) >= 57
+    everything = match_vectors(np.concatenate([matched, unmatched]), right, -1.0)
+    unmatched_pairs = len(everything.i) - 60  # mutual best alone pairs these with someone
+    assert unmatched_pairs >= 30
+    assert len(found - planted) <= 0.6 * unmatched_pairs  # the cut refuses about half
+
+
+def test_engine_match_with_per_table_fields(engine: Engine) -> None:
+    left = [
+        {"title": "Bosch PSR 1800 cordless drill", "sku": "A1"},
+        {"title": "Apple iPhone 12 64GB black", "sku": "A2"},
+    ]
+    right = [
+        {"name": "iPhone 12 (64 GB) - Black", "maker": "Apple", "sku": "zz"},
+        {"name": "PSR1800 cordless drill driver", "maker": "Bosch", "sku": "yy"},
+        {"name": "Organic bananas", "maker": "", "sku": "xx"},
+    ]
+    pairs = engine.match(left, right, left_fields=["title"], right_template="{maker} {name}")
+    assert set(zip(pairs.i.tolist(), pairs.j.tolist(), strict=True)) == {(0, 1), (1, 0)}
+    assert record_texts(right, template="{maker} {name}")[0] == "Apple iPhone 12 (64 GB) - Black"
+    with pytest.raises(InvalidInputError, match="left_fields or left_template"):
+        engine.match(left, right, left_fields=["title"], left_template="{title}")
+    with pytest.raises(InvalidInputError, match="fields or template"):
+        engine.match(left, right, fields=["title"], template="{title}")
+    for bad in (float("nan"), 5.0, "high"):
+        with pytest.raises(InvalidInputError, match="threshold"):
+            engine.match(left, right, bad)
+    with pytest.raises(InvalidInputError, match="lexical_weight"):
+        engine.match(left, right, lexical_weight=1.5)

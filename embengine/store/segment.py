@@ -317,6 +317,7 @@ def read_manifest(directory: Path) -> dict | None:
                 fine
                 and os.sep not in name
                 and all(isinstance(entry[k], int) and entry[k] >= 0 for k in ("rows", "bytes"))
+                and all(isinstance(entry[k], str) for k in ("sha256", "rows_sha256"))
             )
             if not fine:
                 raise CorruptFileError(f"{path}: bad segment entry {entry!r}")

@@ -1,35 +1,47 @@
-"""Classification from a few labelled examples: no training step, a new class is new examples.
+"""Classification from labelled examples: no training loop, a new class is new examples.
 
-Every example is kept as a vector. A query is scored against them in one of three modes:
+Every example is kept as a vector; everything else is computed from them in closed form.
+A query is scored in one of five modes:
 
-* ``"centroid"``: cosine to each label's centroid (mean of its examples), the best rule
-  with very few examples per label;
+* ``"centroid"``: cosine to each label's centroid (mean of its examples);
 * ``"knn"``: a distance-weighted vote of the `k` nearest examples, each weighing
-  ``exp((cos - cos_best) / knn_temperature)``, the best rule with many examples;
-* ``"auto"`` (default): the mean of the two label distributions (kNN vote shares and a
-  softmax of the centroid cosines). With one example per label it is the centroid rule;
-  as labels fill up the kNN vote takes over. On Banking77 it beats both, and logistic
-  regression, at 5 to 20 examples per label (README, "Classification").
+  ``exp((cos - cos_best) / knn_temperature)``;
+* ``"neighbours"``: the mean of the two distributions above (a softmax of the centroid
+  cosines and the kNN vote shares);
+* ``"lda"``: linear discriminant analysis: a Gaussian per label with one shared covariance,
+  shrunk toward a multiple of the identity by the Ledoit-Wolf formula. Closed form (one
+  384 x 384 solve), so a new class is still just its examples;
+* ``"auto"`` (default): the mean of the "neighbours" distribution and the LDA posterior
+  softened by `lda_temperature`. It was chosen on Banking77, HWU64 and Banking77-OOS at
+  1-20 examples per label and full training data (benchmarks/README.md, "Classification").
 
 Vectors are centred on the mean of all examples before comparison (then re-normalised):
-the shared direction every sentence has carries no label information, and removing it
-helps all three rules (also computed from the examples alone: nothing is trained).
+the direction every sentence shares carries no label information.
 
-Open set: with `threshold`, a query whose nearest example is less similar (plain cosine)
-than the threshold gets the `unknown` label. ``threshold="auto"`` calibrates it by leave-one-
-out over the examples: each example's cosine to its nearest other example, and the
-`reject_rate` quantile of those, so about that share of in-distribution texts is refused.
+Out of scope: `oos_score` is ``1 - max over labels of the mean cosine of the query's
+`oos_k` nearest examples of that label`` (plain unit vectors; in [0, 2], higher = more
+likely none of the labels). With `threshold`, `predict` refuses a text whose score is above
+it and returns the `unknown` label ("unknown" by default, never None). ``threshold="auto"``
+takes the (1 - `reject_rate`) quantile of the examples' own scores, each computed leave-one-
+out, so about `reject_rate` of in-scope texts are refused.
+
+Thread safety: the examples live in one immutable snapshot; a write (add_examples,
+remove_label) builds a new snapshot and swaps one reference, so a concurrent predict sees
+the state before or after the write, never a mix.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+import math
+import threading
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from embengine import ops
+from embengine.errors import InvalidInputError, InvalidTypeError, NotFoundError
 from embengine.io import load_state, malformed_is_corrupt, save_arrays
 from embengine.validation import check_texts
 
@@ -37,247 +49,414 @@ if TYPE_CHECKING:
     from embengine.engine import Engine
 
 Label = Hashable
-MODES = ("auto", "knn", "centroid")
+MODES = ("auto", "lda", "neighbours", "knn", "centroid")
 _KIND = "classifier"
+
+
+class _Snapshot:
+    """Examples and everything derived from them; never mutated once published."""
+
+    def __init__(self, labels: tuple[Label, ...], vectors: np.ndarray, label_ids: np.ndarray):
+        self.labels = labels
+        self.vectors = vectors  # examples, plain unit rows
+        self.label_ids = label_ids  # index into labels, per example
+        self._derived: dict[str, np.ndarray] = {}
+        self._lock = threading.RLock()  # builds each derived value once (builds nest)
+
+    def derived(self, name: str, build: Callable[[], Any]) -> Any:
+        value = self._derived.get(name)
+        if value is None:
+            with self._lock:
+                value = self._derived.get(name)
+                if value is None:
+                    value = self._derived[name] = build()
+        return value
 
 
 class Classifier:
     """A label for each text from the labelled examples it is closest to.
 
     Args:
-        engine: embeds examples and queries.
+        engine: embeds examples and queries (None: vectors only, see `from_vectors`).
         examples: label -> example texts (labels are str or int).
-        mode: "auto", "knn" or "centroid" (module docstring).
-        k: neighbours that vote in "knn" and "auto".
+        mode: "auto", "lda", "neighbours", "knn" or "centroid" (module docstring).
+        k: neighbours that vote in "knn", "neighbours" and "auto".
         knn_temperature: how fast a neighbour's vote fades with its cosine gap to the best.
-        centroid_temperature: softmax temperature over centroid cosines ("auto", probas).
+        centroid_temperature: softmax temperature over centroid cosines.
+        lda_temperature: divides the LDA logits in "auto" (their raw scale is very sharp).
         center: subtract the examples' mean before comparing (module docstring).
-        threshold: None (closed set: always a label), a cosine, or "auto" (leave-one-out).
-        reject_rate: share of known texts "auto" may refuse, in (0, 1).
-        unknown: the label returned for a refused text.
+        threshold: None (closed set: always a label), an `oos_score` in [0, 2] above which
+            a text is refused, or "auto" (leave-one-out calibration).
+        reject_rate: share of in-scope texts "auto" may refuse, in (0, 1).
+        oos_k: nearest examples per label averaged by `oos_score`.
+        unknown: the label returned for a refused text (str or int, not one of the labels).
     """
 
     def __init__(
         self,
-        engine: Engine,
+        engine: Engine | None,
         examples: Mapping[Label, Sequence[str]] | None = None,
         *,
         mode: str = "auto",
         k: int = 5,
         knn_temperature: float = 0.05,
         centroid_temperature: float = 0.05,
+        lda_temperature: float = 10.0,
         center: bool = True,
         threshold: float | str | None = None,
         reject_rate: float = 0.05,
-        unknown: Label | None = None,
+        oos_k: int = 3,
+        unknown: str | int = "unknown",
     ) -> None:
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        if knn_temperature <= 0 or centroid_temperature <= 0:
-            raise ValueError("temperatures must be > 0")
-        if not (threshold is None or threshold == "auto" or isinstance(threshold, (int, float))):
-            raise ValueError(f"threshold must be None, a cosine or 'auto', got {threshold!r}")
-        if not 0.0 < reject_rate < 1.0:
-            raise ValueError(f"reject_rate must be in (0, 1), got {reject_rate}")
+            raise InvalidInputError(f"mode must be one of {MODES}, got {mode!r}")
+        for name, value in (("k", k), ("oos_k", oos_k)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidInputError(f"{name} must be an int >= 1, got {value!r}")
+        for name, value in (
+            ("knn_temperature", knn_temperature),
+            ("centroid_temperature", centroid_temperature),
+            ("lda_temperature", lda_temperature),
+        ):
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise InvalidInputError(f"{name} must be a finite number > 0, got {value!r}")
+        _check_threshold(threshold)
+        if not isinstance(reject_rate, (int, float)) or not 0.0 < reject_rate < 1.0:
+            raise InvalidInputError(f"reject_rate must be in (0, 1), got {reject_rate!r}")
+        unknown = _check_label(unknown, "unknown")
         self.engine = engine
         self.mode = mode
-        self.k = int(k)
+        self.k = k
         self.knn_temperature = float(knn_temperature)
         self.centroid_temperature = float(centroid_temperature)
+        self.lda_temperature = float(lda_temperature)
         self.center = bool(center)
         self.threshold_setting = threshold
         self.reject_rate = float(reject_rate)
+        self.oos_k = oos_k
         self.unknown = unknown
-        self.labels: list[Label] = []
-        self._vectors = np.zeros((0, engine.dim), np.float32)  # examples, plain unit rows
-        self._label_ids = np.zeros(0, np.int64)  # index into self.labels, per example
-        self._derived: dict[str, np.ndarray] | None = None  # centred examples and centroids
+        self._dim = engine.dim if engine is not None else None
+        self._write = threading.Lock()
+        self._snap = _Snapshot((), np.zeros((0, self._dim or 0), np.float32), np.zeros(0, np.int64))
         for label, texts in (examples or {}).items():
             self.add_examples(label, texts)
 
+    @classmethod
+    def from_vectors(
+        cls,
+        vectors: np.ndarray,
+        labels: Sequence[Label],
+        *,
+        engine: Engine | None = None,
+        mode: str = "auto",
+        threshold: float | str | None = None,
+        unknown: str | int = "unknown",
+    ) -> Classifier:
+        """A classifier over your own (n, dim) unit rows, one label per row; no model needed
+        (text methods then raise; use the `*_vectors` ones)."""
+        x = _as_rows(vectors, "vectors", engine.dim if engine is not None else None)
+        if len(labels) != len(x):
+            raise InvalidInputError(f"{len(labels)} labels for {len(x)} vectors")
+        clf = cls(engine, mode=mode, threshold=threshold, unknown=unknown)
+        labels = [_check_label(label, "labels") for label in labels]
+        order = list(dict.fromkeys(labels))
+        column = np.array([order.index(label) for label in labels]) if len(x) else np.zeros(0)
+        for index, label in enumerate(order):
+            clf.add_vectors(label, x[column == index])
+        return clf
+
     # -- examples ------------------------------------------------------------------------
+
+    @property
+    def labels(self) -> list[Label]:
+        """Known labels, in the order they were added (the columns of `predict_proba`)."""
+        return list(self._snap.labels)
 
     def add_examples(self, label: Label, texts: Sequence[str]) -> None:
         """Add examples of a label (new or known): embedding them is all the work."""
         items = check_texts(texts)
         if not items:
-            raise ValueError(f"no example texts given for label {label!r}")
-        self.add_vectors(label, self.engine.embed(items))
+            raise InvalidInputError(f"no example texts given for label {label!r}")
+        self.add_vectors(label, self._embed(items))
 
     def add_vectors(self, label: Label, vectors: np.ndarray) -> None:
         """`add_examples` with embedded texts: (n, dim) unit rows, n >= 1."""
-        _check_label(label)
-        x = _as_rows(vectors, "vectors", self.engine.dim)
+        label = _check_label(label, "label")
+        if label == self.unknown:
+            raise InvalidInputError(f"label {label!r} is the `unknown` label of refused texts")
+        x = _as_rows(vectors, "vectors", self._dim)
         if len(x) == 0:
-            raise ValueError(f"no example vectors given for label {label!r}")
-        if label not in self.labels:
-            self.labels.append(label)
-        self._vectors = np.concatenate([self._vectors, x])
-        ids = np.full(len(x), self.labels.index(label), np.int64)
-        self._label_ids = np.concatenate([self._label_ids, ids])
-        self._derived = None
+            raise InvalidInputError(f"no example vectors given for label {label!r}")
+        with self._write:
+            old = self._snap
+            labels = old.labels if label in old.labels else (*old.labels, label)
+            vectors_ = np.concatenate([old.vectors.reshape(-1, x.shape[1]), x])
+            ids = np.full(len(x), labels.index(label), np.int64)
+            self._dim = x.shape[1]
+            self._snap = _Snapshot(labels, vectors_, np.concatenate([old.label_ids, ids]))
 
     def remove_label(self, label: Label) -> None:
-        """Forget a label and all its examples (KeyError if unknown)."""
-        if label not in self.labels:
-            raise KeyError(f"unknown label {label!r}; labels are {self.labels}")
-        index = self.labels.index(label)
-        keep = self._label_ids != index
-        self._vectors = self._vectors[keep]
-        self._label_ids = self._label_ids[keep]
-        self._label_ids[self._label_ids > index] -= 1
-        del self.labels[index]
-        self._derived = None
+        """Forget a label and all its examples (NotFoundError if unknown)."""
+        with self._write:
+            old = self._snap
+            if label not in old.labels:
+                raise NotFoundError(f"unknown label {label!r}; labels are {list(old.labels)}")
+            index = old.labels.index(label)
+            keep = old.label_ids != index
+            ids = old.label_ids[keep]
+            ids[ids > index] -= 1
+            labels = old.labels[:index] + old.labels[index + 1 :]
+            self._snap = _Snapshot(labels, old.vectors[keep], ids)
 
     def counts(self) -> dict[Label, int]:
         """Examples per label."""
-        counts = np.bincount(self._label_ids, minlength=len(self.labels))
-        return dict(zip(self.labels, counts.tolist(), strict=True))
+        snap = self._snap
+        counts = np.bincount(snap.label_ids, minlength=len(snap.labels))
+        return dict(zip(snap.labels, counts.tolist(), strict=True))
 
     # -- prediction ----------------------------------------------------------------------
 
-    def predict(self, texts: Iterable[str]) -> list[Label | None]:
+    def predict(self, texts: Iterable[str]) -> list[Label]:
         """The label of each text (`unknown` where the open-set threshold refuses it)."""
-        return self.predict_vectors(self.engine.embed(check_texts(texts)))
+        return self.predict_vectors(self._embed(check_texts(texts)))
 
     def predict_proba(self, texts: Iterable[str]) -> np.ndarray:
         """(n, labels) float32, rows summing to 1, columns in `self.labels` order."""
-        return self.predict_proba_vectors(self.engine.embed(check_texts(texts)))
+        return self.predict_proba_vectors(self._embed(check_texts(texts)))
 
-    def predict_vectors(self, vectors: np.ndarray) -> list[Label | None]:
+    def oos_score(self, texts: Iterable[str]) -> np.ndarray:
+        """(n,) float32 in [0, 2]: higher = more likely none of the labels (module docstring)."""
+        return self.oos_score_vectors(self._embed(check_texts(texts)))
+
+    def predict_vectors(self, vectors: np.ndarray) -> list[Label]:
         """`predict` on embedded texts: (n, dim) unit rows."""
-        x = self._queries(vectors)
+        snap = self._ready()
+        x = _as_rows(vectors, "vectors", self._dim)
         if len(x) == 0:
             return []
-        derived = self._state()
         if self.mode == "centroid":
-            _, best = ops.centroid_distance(self._center_queries(x), derived["centroids"])
+            _, best = ops.centroid_distance(self._centred(snap, x), self._centroids(snap))
         else:
-            best = self.predict_proba_vectors(x).argmax(axis=1)
-        labels: list[Label | None] = [self.labels[i] for i in best]
-        threshold = self.threshold
+            best = self._proba(snap, x).argmax(axis=1)
+        labels: list[Label] = [snap.labels[i] for i in best]
+        threshold = self._threshold(snap)
         if threshold is not None:
-            nearest, _ = ops.topk_cosine(x, self._vectors, 1)
-            for row in np.flatnonzero(nearest[:, 0] < threshold):
+            for row in np.flatnonzero(self._oos(snap, x) > threshold):
                 labels[row] = self.unknown
         return labels
 
     def predict_proba_vectors(self, vectors: np.ndarray) -> np.ndarray:
         """`predict_proba` on embedded texts: (n, dim) unit rows -> (n, labels) float32."""
-        x = self._queries(vectors)
+        snap = self._ready()
+        x = _as_rows(vectors, "vectors", self._dim)
         if len(x) == 0:
-            return np.zeros((0, len(self.labels)), np.float32)
-        q = self._center_queries(x)
-        if self.mode == "knn":
-            return self._knn_votes(q)
-        centroid = self._centroid_softmax(q)
-        return centroid if self.mode == "centroid" else (centroid + self._knn_votes(q)) / 2
+            return np.zeros((0, len(snap.labels)), np.float32)
+        return self._proba(snap, x)
 
-    def _knn_votes(self, q: np.ndarray) -> np.ndarray:
-        """Distance-weighted vote shares of the k nearest examples: (n, labels)."""
-        examples = self._state()["examples"]
-        k = min(self.k, len(examples))
-        scores, ids = ops.topk_cosine(q, examples, k)
-        weights = np.exp((scores - scores[:, :1]) / self.knn_temperature)
-        votes = np.zeros((len(q), len(self.labels)), np.float64)
-        rows = np.repeat(np.arange(len(q)), k)
-        np.add.at(votes, (rows, self._label_ids[ids].ravel()), weights.ravel())
-        return (votes / votes.sum(axis=1, keepdims=True)).astype(np.float32)
-
-    def _centroid_softmax(self, q: np.ndarray) -> np.ndarray:
-        """Softmax over the cosines to every label's centroid: (n, labels)."""
-        centroids = self._state()["centroids"]
-        scores, ids = ops.topk_cosine(q, centroids, len(centroids))  # all of them, sorted
-        logits = (scores - scores[:, :1]) / self.centroid_temperature
-        probs = np.zeros((len(q), len(centroids)), np.float64)
-        np.put_along_axis(probs, ids, np.exp(logits), axis=1)
-        return (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
-
-    # -- open set ------------------------------------------------------------------------
+    def oos_score_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        """`oos_score` on embedded texts: (n, dim) unit rows -> (n,) float32."""
+        snap = self._ready()
+        x = _as_rows(vectors, "vectors", self._dim)
+        return self._oos(snap, x)
 
     @property
     def threshold(self) -> float | None:
-        """The cosine below which a text is refused, or None (closed set)."""
+        """The `oos_score` above which a text is refused, or None (closed set)."""
+        return self._threshold(self._ready())
+
+    # -- scoring internals ---------------------------------------------------------------
+
+    def _proba(self, snap: _Snapshot, x: np.ndarray) -> np.ndarray:
+        q = self._centred(snap, x)
+        if self.mode == "knn":
+            return self._knn_votes(snap, q)
+        if self.mode == "centroid":
+            return self._centroid_softmax(snap, q)
+        if self.mode == "lda":
+            return _softmax(self._lda_logits(snap, q))
+        neighbours = (self._centroid_softmax(snap, q) + self._knn_votes(snap, q)) / 2
+        if self.mode == "neighbours":
+            return neighbours
+        lda = _softmax(self._lda_logits(snap, q) / self.lda_temperature)
+        return ((neighbours + lda) / 2).astype(np.float32)
+
+    def _knn_votes(self, snap: _Snapshot, q: np.ndarray) -> np.ndarray:
+        """Distance-weighted vote shares of the k nearest examples: (n, labels)."""
+        examples = self._examples(snap)
+        k = min(self.k, len(examples))
+        scores, ids = ops.topk_cosine(q, examples, k)
+        weights = np.exp((scores - scores[:, :1]) / self.knn_temperature)
+        votes = np.zeros((len(q), len(snap.labels)), np.float64)
+        rows = np.repeat(np.arange(len(q)), k)
+        np.add.at(votes, (rows, snap.label_ids[ids].ravel()), weights.ravel())
+        return (votes / votes.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def _centroid_softmax(self, snap: _Snapshot, q: np.ndarray) -> np.ndarray:
+        """Softmax over the cosines to every label's centroid: (n, labels)."""
+        centroids = self._centroids(snap)
+        scores, ids = ops.topk_cosine(q, centroids, len(centroids))  # all of them, sorted
+        logits = np.zeros((len(q), len(centroids)), np.float64)
+        np.put_along_axis(logits, ids, scores / self.centroid_temperature, axis=1)
+        return _softmax(logits)
+
+    def _lda_logits(self, snap: _Snapshot, q: np.ndarray) -> np.ndarray:
+        weights, bias = snap.derived("lda", lambda: _lda_head(self._examples(snap), snap))
+        return q.astype(np.float64) @ weights + bias
+
+    def _oos(self, snap: _Snapshot, x: np.ndarray) -> np.ndarray:
+        """1 - max over labels of the mean cosine of the oos_k nearest examples of it."""
+        best = np.full(len(x), -np.inf)
+        for index in range(len(snap.labels)):
+            rows = snap.vectors[snap.label_ids == index]
+            scores, _ = ops.topk_cosine(x, rows, min(self.oos_k, len(rows)))
+            np.maximum(best, scores.mean(axis=1), out=best)
+        return (1.0 - best).astype(np.float32)
+
+    def _threshold(self, snap: _Snapshot) -> float | None:
         if self.threshold_setting is None:
             return None
         if self.threshold_setting == "auto":
-            return float(self._state()["auto_threshold"][0])
+            return float(snap.derived("auto_threshold", lambda: self._calibrate(snap))[0])
         return float(self.threshold_setting)
 
-    def _calibrate(self) -> float:
-        """Leave-one-out: the `reject_rate` quantile of each example's nearest other example."""
-        if len(self._vectors) < 2:
-            raise ValueError("threshold='auto' needs at least 2 examples to calibrate")
-        nearest, _ = ops.topk_cosine(self._vectors, self._vectors, 1, exclude_self=True)
-        return float(np.quantile(nearest[:, 0], self.reject_rate))
+    def _calibrate(self, snap: _Snapshot) -> np.ndarray:
+        """The (1 - reject_rate) quantile of the examples' leave-one-out oos scores."""
+        if len(snap.vectors) < 2:
+            raise InvalidInputError("threshold='auto' needs at least 2 examples to calibrate")
+        best = np.full(len(snap.vectors), -np.inf)
+        for index in range(len(snap.labels)):
+            own = snap.label_ids == index
+            rows = snap.vectors[own]
+            if not own.all():  # every other label's examples against this label's
+                scores, _ = ops.topk_cosine(snap.vectors[~own], rows, min(self.oos_k, len(rows)))
+                best[~own] = np.maximum(best[~own], scores.mean(axis=1))
+            if len(rows) > 1:  # this label's examples, each leaving itself out
+                k = min(self.oos_k, len(rows) - 1)
+                scores, _ = ops.topk_cosine(rows, rows, k, exclude_self=True)
+                best[own] = np.maximum(best[own], scores.mean(axis=1))
+        return np.array([np.quantile(1.0 - best, 1.0 - self.reject_rate)])
 
-    # -- internals -----------------------------------------------------------------------
+    # -- derived state -------------------------------------------------------------------
 
-    def _state(self) -> dict[str, np.ndarray]:
-        """Centred examples, label centroids and the auto threshold, rebuilt after changes."""
-        if not self.labels:
-            raise RuntimeError("the classifier has no examples: call add_examples first")
-        if self._derived is None:
-            mean = self._vectors.mean(axis=0) if self.center else None
-            examples = _centered(self._vectors, mean)
-            centroids = np.zeros((len(self.labels), self.engine.dim), np.float32)
-            np.add.at(centroids, self._label_ids, examples)
-            derived = {"examples": examples, "centroids": ops.normalize_rows_(centroids)}
-            if mean is not None:
-                derived["mean"] = mean.astype(np.float32)
-            if self.threshold_setting == "auto":
-                derived["auto_threshold"] = np.array([self._calibrate()])
-            self._derived = derived
-        return self._derived
+    def _mean(self, snap: _Snapshot) -> np.ndarray | None:
+        if not self.center:
+            return None
+        return snap.derived("mean", lambda: snap.vectors.mean(axis=0).astype(np.float32))
 
-    def _center_queries(self, x: np.ndarray) -> np.ndarray:
-        return _centered(x, self._state().get("mean"))
+    def _examples(self, snap: _Snapshot) -> np.ndarray:
+        return snap.derived("examples", lambda: _centered(snap.vectors, self._mean(snap)))
 
-    def _queries(self, vectors: np.ndarray) -> np.ndarray:
-        self._state()
-        return _as_rows(vectors, "vectors", self.engine.dim)
+    def _centroids(self, snap: _Snapshot) -> np.ndarray:
+        def build() -> np.ndarray:
+            centroids = np.zeros((len(snap.labels), snap.vectors.shape[1]), np.float32)
+            np.add.at(centroids, snap.label_ids, self._examples(snap))
+            return ops.normalize_rows_(centroids)
+
+        return snap.derived("centroids", build)
+
+    def _centred(self, snap: _Snapshot, x: np.ndarray) -> np.ndarray:
+        return _centered(x, self._mean(snap))
+
+    def _ready(self) -> _Snapshot:
+        snap = self._snap
+        if not snap.labels:
+            raise InvalidInputError("the classifier has no examples: call add_examples first")
+        return snap
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        if self.engine is None:
+            raise InvalidInputError("this classifier has no engine: use the *_vectors methods")
+        return self.engine.embed(texts)
 
     # -- persistence ---------------------------------------------------------------------
 
     def save(self, path: str | Path) -> None:
         """Write examples, labels and settings to one verified file (labels: str or int)."""
+        snap = self._snap
         meta = {
             "kind": _KIND,
-            "model": self.engine.spec.fingerprint,
-            "labels": self.labels,
+            "model": self.engine.spec.fingerprint if self.engine is not None else None,
+            "labels": list(snap.labels),
             "mode": self.mode,
             "k": self.k,
             "knn_temperature": self.knn_temperature,
             "centroid_temperature": self.centroid_temperature,
+            "lda_temperature": self.lda_temperature,
             "center": self.center,
             "threshold": self.threshold_setting,
             "reject_rate": self.reject_rate,
+            "oos_k": self.oos_k,
             "unknown": self.unknown,
         }
-        save_arrays(path, {"vectors": self._vectors, "label_ids": self._label_ids}, meta)
+        save_arrays(path, {"vectors": snap.vectors, "label_ids": snap.label_ids}, meta)
 
     @classmethod
     @malformed_is_corrupt
-    def load(cls, engine: Engine, path: str | Path) -> Classifier:
-        """A classifier saved by `save`, for the same model (ModelMismatchError otherwise)."""
-        arrays, meta = load_state(path, _KIND, engine.spec.fingerprint)
-        clf = cls(
-            engine,
-            mode=meta["mode"],
-            k=meta["k"],
-            knn_temperature=meta["knn_temperature"],
-            centroid_temperature=meta["centroid_temperature"],
-            center=meta["center"],
-            threshold=meta["threshold"],
-            reject_rate=meta["reject_rate"],
-            unknown=meta["unknown"],
-        )
+    def load(cls, path: str | Path, *, engine: Engine | None) -> Classifier:
+        """A classifier saved by `save`, for the same model (ModelMismatchError otherwise);
+        engine=None loads it for the `*_vectors` methods only."""
+        fingerprint = engine.spec.fingerprint if engine is not None else None
+        arrays, meta = load_state(path, _KIND, fingerprint) if engine else _load_any(path)
+        settings = ("mode", "k", "knn_temperature", "centroid_temperature", "lda_temperature")
+        settings += ("center", "threshold", "reject_rate", "oos_k", "unknown")
+        clf = cls(engine, **{name: meta[name] for name in settings})
         vectors, label_ids = arrays["vectors"], arrays["label_ids"]
         for index, label in enumerate(meta["labels"]):
             clf.add_vectors(label, vectors[label_ids == index])
         return clf
+
+
+def _load_any(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+    from embengine.errors import CorruptFileError
+    from embengine.io import load_arrays
+
+    arrays, meta = load_arrays(path)
+    if meta.get("kind") != _KIND:
+        raise CorruptFileError(f"{path} holds a {meta.get('kind')!r}, not a {_KIND!r}")
+    return arrays, meta
+
+
+def _lda_head(examples: np.ndarray, snap: _Snapshot) -> tuple[np.ndarray, np.ndarray]:
+    """Weights (dim, labels) and biases of LDA with a Ledoit-Wolf-shrunk shared covariance.
+
+    logit_c(x) = x S^-1 mu_c - mu_c S^-1 mu_c / 2 (equal priors); with one example per
+    label the within-label scatter is zero and this is the nearest-mean rule.
+    """
+    x = examples.astype(np.float64)
+    dim = x.shape[1]
+    means = np.zeros((len(snap.labels), dim))
+    np.add.at(means, snap.label_ids, x)
+    means /= np.bincount(snap.label_ids, minlength=len(snap.labels))[:, None]
+    residuals = x - means[snap.label_ids]
+    scatter = residuals.T @ residuals / len(x)
+    scale = np.trace(scatter) / dim
+    if scale <= 1e-12:
+        covariance = np.eye(dim)
+    else:
+        shrink = ledoit_wolf_shrinkage(residuals)
+        covariance = (1 - shrink) * scatter + shrink * scale * np.eye(dim)
+    weights = np.linalg.solve(covariance, means.T)  # (dim, labels)
+    bias = -0.5 * np.einsum("cd,dc->c", means, weights)
+    return weights, bias
+
+
+def ledoit_wolf_shrinkage(x: np.ndarray) -> float:
+    """Ledoit & Wolf (2004) shrinkage intensity toward a scaled identity, for centred rows
+    (the formula scikit-learn's `ledoit_wolf_shrinkage` uses)."""
+    n, dim = x.shape
+    squares = x**2
+    variances = squares.sum(axis=0) / n
+    mu = variances.sum() / dim
+    beta_ = (squares.T @ squares).sum()
+    delta_ = ((x.T @ x) ** 2).sum() / n**2
+    beta = (beta_ / n - delta_) / (dim * n)
+    delta = (delta_ - 2.0 * mu * variances.sum() + dim * mu**2) / dim
+    return 1.0 if delta <= 0 else float(min(beta, delta) / delta)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def _centered(x: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
@@ -287,10 +466,25 @@ def _centered(x: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
     return ops.normalize_rows_(np.ascontiguousarray(x - mean, dtype=np.float32))
 
 
-def _check_label(label: Label) -> None:
-    if isinstance(label, bool) or not isinstance(label, (str, int)):
-        raise TypeError(f"labels must be str or int, got {type(label).__name__} {label!r}")
+def _check_threshold(threshold: object) -> None:
+    if threshold is None or threshold == "auto":
+        return
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float))
+        or not 0.0 <= threshold <= 2.0  # False for NaN too
+    ):
+        raise InvalidInputError(
+            f"threshold must be None, 'auto' or an oos_score in [0, 2], got {threshold!r}"
+        )
 
 
-def _as_rows(vectors: np.ndarray, name: str, dim: int) -> np.ndarray:
+def _check_label(label: object, name: str) -> str | int:
+    """The label as a plain str / int (numpy scalars included), or InvalidTypeError."""
+    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (str, int, np.integer)):
+        raise InvalidTypeError(f"{name} must be str or int, got {type(label).__name__} {label!r}")
+    return int(label) if isinstance(label, (int, np.integer)) else str(label)
+
+
+def _as_rows(vectors: np.ndarray, name: str, dim: int | None) -> np.ndarray:
     return np.ascontiguousarray(ops.check_vectors(vectors, name, dim), dtype=np.float32)

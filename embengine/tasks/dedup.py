@@ -27,6 +27,7 @@ import numpy as np
 from embengine import ops
 from embengine._optional import require
 from embengine.clustering import nearest_centroid, spherical_kmeans
+from embengine.errors import InvalidInputError
 from embengine.records import Record, record_texts
 
 if TYPE_CHECKING:
@@ -378,13 +379,13 @@ def dedup_vectors(
     memory stays linear in n however large a cluster is.
     """
     x = ops.check_vectors(vectors, "vectors")
-    if not -1.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold is a cosine in [-1, 1], got {threshold}")
+    if isinstance(threshold, bool) or not -1.0 <= threshold <= 1.0:  # NaN fails too
+        raise InvalidInputError(f"threshold is a cosine in [-1, 1], got {threshold}")
     check = _resolve_confirm(confirm)
     if check is not None and (texts is None or len(texts) != len(x)):
-        raise ValueError("confirm needs texts, one per vector")
+        raise InvalidInputError("confirm needs texts, one per vector")
     if method not in ("auto", "exact", "partitioned"):
-        raise ValueError(f"method must be 'auto', 'exact' or 'partitioned', got {method!r}")
+        raise InvalidInputError(f"method must be 'auto', 'exact' or 'partitioned', got {method!r}")
     first, inverse = _exact_copies(x, texts if check is not None else None)
     distinct = np.ascontiguousarray(x[first])
     if method == "auto":
@@ -448,28 +449,163 @@ def dedup(
 
 # -------------------------------------------------------------------------- matching
 
+NGRAM_SIZES = (3, 4, 5)  # character n-grams inside word boundaries, as sklearn's "char_wb"
+AUTO_QUANTILE = 0.9  # of the impostor scores: see auto_threshold
+_PAIR_CHUNK = 1 << 21  # n-gram lookups per step of lexical_scores: bounds memory
+
+
+def char_ngrams(text: str, sizes: Sequence[int] = NGRAM_SIZES) -> list[str]:
+    """Character n-grams of each lower-cased word padded with spaces (" sony " -> " so", ...)."""
+    grams = []
+    for word in text.lower().split():
+        padded = f" {word} "
+        for size in sizes:
+            grams.extend(padded[k : k + size] for k in range(max(1, len(padded) - size + 1)))
+    return grams
+
+
+class _Tfidf(NamedTuple):
+    indptr: np.ndarray  # row r's entries are [indptr[r], indptr[r + 1])
+    columns: np.ndarray  # n-gram ids, ascending within a row
+    values: np.ndarray  # sublinear tf x smooth idf, rows of unit length
+    vocabulary: int
+
+
+def _tfidf(texts: Sequence[str]) -> _Tfidf:
+    """Character n-gram TF-IDF rows (1 + log tf, smooth idf, l2 rows); IDF from these texts."""
+    vocabulary: dict[str, int] = {}
+    columns, counts, lengths = [], [], []
+    for text in texts:
+        ids: dict[int, int] = {}
+        for gram in char_ngrams(text):
+            column = vocabulary.setdefault(gram, len(vocabulary))
+            ids[column] = ids.get(column, 0) + 1
+        ordered = sorted(ids)
+        columns.extend(ordered)
+        counts.extend(ids[c] for c in ordered)
+        lengths.append(len(ordered))
+    cols = np.asarray(columns, dtype=np.int64)
+    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    frequency = np.bincount(cols, minlength=len(vocabulary))
+    idf = np.log((1 + len(texts)) / (1 + frequency)) + 1.0
+    values = (1.0 + np.log(np.asarray(counts, dtype=np.float64))) * idf[cols]
+    rows = np.repeat(np.arange(len(texts)), lengths)
+    norms = np.sqrt(np.bincount(rows, weights=values**2, minlength=len(texts)))
+    values /= np.maximum(norms, 1e-12)[rows]
+    return _Tfidf(indptr, cols, values, len(vocabulary))
+
+
+def lexical_scores(
+    left: Sequence[str], right: Sequence[str], i: np.ndarray, j: np.ndarray
+) -> np.ndarray:
+    """TF-IDF cosine of character n-grams for the pairs (left[i], right[j]): (n,) float32.
+
+    The IDF is computed over both tables together, so what counts as a telling n-gram
+    adapts to the tables at hand (a brand shared by half the catalogue counts little).
+    """
+    tfidf = _tfidf([*left, *right])
+    keys = np.repeat(np.arange(len(tfidf.indptr) - 1), np.diff(tfidf.indptr)) * tfidf.vocabulary
+    keys = keys + tfidf.columns  # globally ascending: (row, column)
+    out = np.zeros(len(i), dtype=np.float64)
+    lengths = np.diff(tfidf.indptr)[i]
+    bounds = np.searchsorted(np.cumsum(lengths), np.arange(0, lengths.sum(), _PAIR_CHUNK))
+    for a, b in itertools.pairwise([*bounds.tolist(), len(i)]):
+        if a == b:
+            continue
+        size = lengths[a:b]
+        pair = np.repeat(np.arange(a, b), size)
+        offset = np.arange(size.sum()) - np.repeat(np.cumsum(size) - size, size)
+        position = tfidf.indptr[i[pair]] + offset
+        wanted = (j[pair] + len(left)) * tfidf.vocabulary + tfidf.columns[position]
+        found = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+        hit = keys[found] == wanted
+        contribution = np.where(hit, tfidf.values[position] * tfidf.values[found], 0.0)
+        out[a:b] = np.bincount(pair - a, weights=contribution, minlength=b - a)
+    return out.astype(np.float32)
+
 
 def hybrid_scores(
-    pairs: Pairs, left: list[str], right: list[str], identifier_weight: float
+    pairs: Pairs,
+    left: list[str],
+    right: list[str],
+    identifier_weight: float,
+    lexical_weight: float = 0.0,
 ) -> np.ndarray:
-    """Cosine plus `identifier_weight` * (identifier_agreement - 0.5) where both sides
-    carry codes: a shared model number lifts a pair, conflicting ones sink it."""
-    if identifier_weight == 0.0:
-        return pairs.score.astype(np.float32)
-    codes_left = {a: identifiers(left[a]) for a in np.unique(pairs.i)}
-    codes_right = {b: identifiers(right[b]) for b in np.unique(pairs.j)}
-    bonus = np.zeros(len(pairs.i), dtype=np.float32)
-    for n, (a, b) in enumerate(zip(pairs.i, pairs.j, strict=True)):
-        agreement = identifier_agreement(codes_left[a], codes_right[b])
-        if agreement is not None:
-            bonus[n] = identifier_weight * (agreement - 0.5)
-    return pairs.score.astype(np.float32) + bonus
+    """(1 - lexical_weight) x cosine + lexical_weight x `lexical_scores`, plus
+    `identifier_weight` x (identifier_agreement - 0.5) where both sides carry codes: a
+    shared model number lifts a pair, conflicting ones sink it."""
+    score = pairs.score.astype(np.float32)
+    if lexical_weight:
+        lexical = lexical_scores(left, right, pairs.i, pairs.j)
+        score = (1.0 - lexical_weight) * score + lexical_weight * lexical
+    if identifier_weight:
+        codes_left = {a: identifiers(left[a]) for a in np.unique(pairs.i)}
+        codes_right = {b: identifiers(right[b]) for b in np.unique(pairs.j)}
+        bonus = np.zeros(len(pairs.i), dtype=np.float32)
+        for n, (a, b) in enumerate(zip(pairs.i, pairs.j, strict=True)):
+            agreement = identifier_agreement(codes_left[a], codes_right[b])
+            if agreement is not None:
+                bonus[n] = identifier_weight * (agreement - 0.5)
+        score = score + bonus
+    return score.astype(np.float32)
+
+
+def auto_threshold(pairs: Pairs, quantile: float = AUTO_QUANTILE) -> float:
+    """A label-free cut for `select_matches`, from the scores of the tables at hand.
+
+    Every row's second-best candidate (both sides) is, in a one-to-one mapping, a pair that
+    does not match yet looks as close as a non-match can: the "impostor" scores. The cut is
+    their `quantile` (0.9), so it moves with how alike the catalogue's records are. Chosen
+    across abt_buy, dblp_acm and walmart_amazon (benchmarks/README.md, "Matching").
+    """
+    impostors = np.concatenate(
+        [_second_best(pairs.i, pairs.score), _second_best(pairs.j, pairs.score)]
+    )
+    if len(impostors) == 0:
+        return float(pairs.score.min()) if len(pairs.score) else 0.0
+    return float(np.quantile(impostors, quantile))
+
+
+def _second_best(rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """The second-highest score of every row that has at least two."""
+    order = np.lexsort((-scores, rows))
+    ranked = rows[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = ranked[1:] != ranked[:-1]
+    second = np.zeros(len(order), dtype=bool)
+    second[1:] = first[:-1] & ~first[1:]
+    return scores[order][second]
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """The cut maximising the between-class variance of a 1-D sample (Otsu, 1979)."""
+    hist, edges = np.histogram(values, bins=bins)
+    centers = (edges[:-1] + edges[1:]) / 2
+    weight = np.cumsum(hist).astype(float)
+    total = weight[-1]
+    mean = np.cumsum(hist * centers)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mean[-1] * weight / total - mean) ** 2 / (weight * (total - weight))
+    return float(edges[1:][np.nanargmax(between[:-1])])
+
+
+def _check_match_threshold(threshold: float | str) -> None:
+    if threshold == "auto":
+        return
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float))
+        or not -1.0 <= threshold <= 1.5  # scores: cosine blend in [-1, 1] + code term
+    ):
+        raise InvalidInputError(
+            f"threshold must be 'auto' or a score in [-1, 1.5], got {threshold!r}"
+        )
 
 
 def match_vectors(
     left: np.ndarray,
     right: np.ndarray,
-    threshold: float,
+    threshold: float | str = "auto",
     *,
     left_texts: list[str] | None = None,
     right_texts: list[str] | None = None,
@@ -477,11 +613,13 @@ def match_vectors(
     mutual: bool = True,
     candidates: int = 10,
     identifier_weight: float = 0.3,
+    lexical_weight: float = 0.3,
 ) -> Pairs:
     """Match rows of two tables: (i in left, j in right, score), sorted by (i, j).
 
-    match_candidates, then select_matches: see those for the knobs.
+    match_candidates, then select_matches at `threshold` ("auto": `auto_threshold`).
     """
+    _check_match_threshold(threshold)
     found = match_candidates(
         left,
         right,
@@ -490,8 +628,10 @@ def match_vectors(
         confirm=confirm,
         candidates=candidates,
         identifier_weight=identifier_weight,
+        lexical_weight=lexical_weight,
     )
-    return select_matches(found, threshold, mutual=mutual)
+    cut = auto_threshold(found) if threshold == "auto" else float(threshold)
+    return select_matches(found, cut, mutual=mutual)
 
 
 def match_candidates(
@@ -503,31 +643,39 @@ def match_candidates(
     confirm: Confirm | bool | None = None,
     candidates: int = 10,
     identifier_weight: float = 0.3,
+    lexical_weight: float = 0.3,
 ) -> Pairs:
     """Scored candidate pairs across two tables, before any threshold.
 
     Candidates are each row's `candidates` nearest rows of the other table (ops.topk_cosine
-    both ways). Their score is the cosine, plus the identifier term of `hybrid_scores`
-    when texts are given; pairs failing `confirm(left_text, right_text)` are dropped.
+    both ways: O((n_left + n_right) x candidates) pairs, never the full product). With
+    texts, their score is `hybrid_scores` (cosine, character n-gram TF-IDF cosine and the
+    model-number term); without, the cosine. Pairs failing `confirm(left, right)` are dropped.
     """
     a = ops.check_vectors(left, "left")
     b = ops.check_vectors(right, "right", a.shape[1])
     check = _resolve_confirm(confirm)
     has_texts = left_texts is not None and right_texts is not None
     if has_texts and (len(left_texts) != len(a) or len(right_texts) != len(b)):
-        raise ValueError(
+        raise InvalidInputError(
             f"texts must match the vectors: {len(left_texts)} / {len(right_texts)} texts "
             f"for {len(a)} / {len(b)} rows"
         )
     if check is not None and not has_texts:
-        raise ValueError("confirm needs left_texts and right_texts")
-    if candidates < 1:
-        raise ValueError(f"candidates must be >= 1, got {candidates}")
+        raise InvalidInputError("confirm needs left_texts and right_texts")
+    if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+        raise InvalidInputError(f"candidates must be an int >= 1, got {candidates!r}")
+    for name, value in (
+        ("identifier_weight", identifier_weight),
+        ("lexical_weight", lexical_weight),
+    ):
+        if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:  # False for NaN
+            raise InvalidInputError(f"{name} must be in [0, 1], got {value!r}")
     if len(a) == 0 or len(b) == 0:
         return _empty_pairs()
     pairs = _candidate_pairs(a, b, min(candidates, len(b)), min(candidates, len(a)))
     if has_texts:
-        scores = hybrid_scores(pairs, left_texts, right_texts, identifier_weight)
+        scores = hybrid_scores(pairs, left_texts, right_texts, identifier_weight, lexical_weight)
         pairs = Pairs(pairs.i, pairs.j, scores)
         if check is not None:
             pairs = _confirmed(pairs, left_texts, right_texts, check)
@@ -580,22 +728,34 @@ def match(
     engine: Engine,
     left: Sequence[Record],
     right: Sequence[Record],
-    threshold: float = 0.5,
+    threshold: float | str = "auto",
     *,
     fields: Sequence[str] | None = None,
     template: str | None = None,
+    left_fields: Sequence[str] | None = None,
+    right_fields: Sequence[str] | None = None,
+    left_template: str | None = None,
+    right_template: str | None = None,
     confirm: Confirm | bool | None = None,
     mutual: bool = True,
     candidates: int = 10,
     identifier_weight: float = 0.3,
+    lexical_weight: float = 0.3,
 ) -> Pairs:
     """Entity matching across two tables: embed both, then match_vectors.
 
-    Records are str or dict (`fields` / `template` as in record_texts, the same for both
-    tables). Returns Pairs(i, j, score) with i indexing `left` and j indexing `right`.
+    Records are str or dict, turned into text by `record_texts` (public, so you can embed
+    the same text yourself). `fields` / `template` apply to both tables; `left_fields` /
+    `right_fields` / `left_template` / `right_template` override them per table, for
+    tables whose columns differ. Returns Pairs(i, j, score): i indexes `left`, j `right`.
     """
-    left_texts = record_texts(left, fields=fields, template=template)
-    right_texts = record_texts(right, fields=fields, template=template)
+    if fields is not None and template is not None:
+        raise InvalidInputError("give fields or template, not both")
+    left_texts = record_texts(left, **_side(left_fields, left_template, fields, template, "left"))
+    right_texts = record_texts(
+        right, **_side(right_fields, right_template, fields, template, "right")
+    )
+    _check_match_threshold(threshold)
     return match_vectors(
         engine.embed(left_texts),
         engine.embed(right_texts),
@@ -606,4 +766,20 @@ def match(
         mutual=mutual,
         candidates=candidates,
         identifier_weight=identifier_weight,
+        lexical_weight=lexical_weight,
     )
+
+
+def _side(
+    own_fields: Sequence[str] | None,
+    own_template: str | None,
+    fields: Sequence[str] | None,
+    template: str | None,
+    name: str,
+) -> dict:
+    """One table's text rule: its own fields / template, else the shared ones."""
+    if own_fields is not None and own_template is not None:
+        raise InvalidInputError(f"give {name}_fields or {name}_template, not both")
+    if own_fields is not None or own_template is not None:
+        return {"fields": own_fields, "template": own_template}
+    return {"fields": fields, "template": template}
