@@ -6,7 +6,8 @@ recomputed checksum (or is re-saved through embengine.io) and must be refused by
 structure checks behind it. Mutations: random bytes in the body, hostile values in the
 JSON metadata (huge, negative, NaN, wrong type, missing), arrays of other shapes, dtypes
 and values, and .npy headers that declare huge shapes. Formats: the index of each kind
-(flat with BM25, IVF, HNSW), the classifier, the anomaly detector, the embedding store
+(flat with BM25, IVF, HNSW), the classifier, the anomaly detector, the recommender, the
+embedding store (a directory: its manifest and segments)
 and the bulk job manifest.
 
 Loads run in a worker process whose address space is capped (RLIMIT_AS) at BOUND_BYTES
@@ -68,6 +69,7 @@ from embengine.bulk import read_output
 from embengine.store import EmbeddingStore
 from embengine.tasks.anomaly import AnomalyDetector
 from embengine.tasks.classify import Classifier
+from embengine.tasks.recommend import Recommender
 import faiss  # imported before the cap: its size is not the file's doing
 
 fingerprint, dim, bound = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -92,6 +94,7 @@ USES = {  # after a load that succeeded: one ordinary call (an error is fine, a 
     "index": lambda obj: obj.search(probe, 3),
     "classifier": lambda obj: obj.predict_vectors(probe),
     "anomaly": lambda obj: obj.score_vectors(probe),
+    "recommender": lambda obj: (obj.similar(obj.ids[:2], 3), obj.for_user([obj.ids[:3]], 3)),
     "store": lambda obj: obj.lookup(["seed document 0 about cats"]),
     "manifest": lambda obj: None,
 }
@@ -100,6 +103,7 @@ LOADERS = {
     "index": lambda p: VectorIndex.load(p, device="cpu"),
     "classifier": lambda p: task_load(Classifier, p),
     "anomaly": lambda p: task_load(AnomalyDetector, p),
+    "recommender": lambda p: Recommender.load(p, engine=engine),
     "store": lambda p: EmbeddingStore.for_engine(p, engine),
     "manifest": lambda p: read_output(p, complete=False),
 }
@@ -169,6 +173,10 @@ def seeds(tmp_path_factory: pytest.TempPathFactory, engine: Engine) -> dict[str,
     detector = engine.anomaly_detector(window=50).fit(texts[:30])
     detector.save(root / "detector.emb")
     out["anomaly"] = [root / "detector.emb"]
+    items = {f"item-{i}": text for i, text in enumerate(texts[:12])}
+    interactions = [("u1", "item-0"), ("u1", "item-3", 2.0), ("u2", "item-5")]
+    engine.recommender(items, interactions=interactions).save(root / "recommender.emb")
+    out["recommender"] = [root / "recommender.emb"]
     from embengine.store import EmbeddingStore
 
     store = EmbeddingStore.for_engine(root / "store", engine)

@@ -40,7 +40,7 @@ from embengine.errors import (
     ModelMismatchError,
     NotFoundError,
 )
-from embengine.io import load_arrays, save_arrays
+from embengine.io import load_arrays, malformed_is_corrupt, save_arrays
 from embengine.records import Record, record_texts
 
 if TYPE_CHECKING:
@@ -417,6 +417,7 @@ class Recommender:
         save_arrays(path, arrays, meta)
 
     @classmethod
+    @malformed_is_corrupt
     def load(cls, path: str | Path, *, engine: Engine | None = None) -> Recommender:
         """A recommender saved by `save`, verified (CorruptFileError when damaged or foreign).
 
