@@ -128,7 +128,7 @@ def plot_anomaly_timeline(
     first = np.asarray(timeline.get("first", np.zeros_like(flagged)), dtype=bool)
     fig, ax = plt.subplots(figsize=(10, 3.6))
     ax.plot(x, scores, lw=0.7, color="0.45", label="score")
-    ax.step(x, threshold, where="post", color="tab:orange", lw=1.2, label="threshold")
+    ax.plot(x, threshold, color="tab:orange", lw=1.2, label="threshold (at each line)")
     ax.scatter(x[flagged], scores[flagged], s=14, color="tab:red", label="flagged", zorder=3)
     ring = {"s": 70, "facecolors": "none", "edgecolors": "black", "zorder": 4}
     ax.scatter(x[first], scores[first], label="new alert group", **ring)
@@ -139,7 +139,7 @@ def plot_anomaly_timeline(
     ax.set_xlabel("line (stream order, after the fit span)")
     ax.set_ylabel("anomaly score")
     ax.set_title(f"{log}: anomaly scores as the detector streams the log")
-    ax.legend(fontsize=8, ncols=5, loc="upper left")
+    ax.legend(fontsize=8, ncols=5, loc="upper center", bbox_to_anchor=(0.5, -0.16))
     ax.grid(True, alpha=0.3)
     return _save(fig, path)
 
