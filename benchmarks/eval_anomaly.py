@@ -24,6 +24,9 @@ the same rule on TF-IDF vectors of the masked lines. Only distinct masked lines 
 embedded (cached in EMBENGINE_BENCH_CACHE).
 
     python benchmarks/eval_anomaly.py [--data DIR] [--json PATH] [--sweep]
+
+Figures (benchmarks/plots.py): a summary chart and BGL's score timeline, written beside
+--json (benchmarks/results/ without it).
 """
 
 from __future__ import annotations
@@ -164,6 +167,14 @@ def line_set(name: str, rows: list[dict[str, str]], engine, options: dict) -> di
     if truth is not None:
         result["auroc"] = float(roc_auc_score(truth[rest], scores))
         result["precision"], result["recall"], result["f1"] = prf(flags, truth[rest])
+        # the streamed run itself, for the timeline figure (plots.plot_anomaly_timeline)
+        result["timeline"] = {
+            "scores": [round(float(d.score), 5) for d in judged],
+            "threshold": [round(float(d.threshold), 5) for d in judged],
+            "anomalous": flags.tolist(),
+            "first": [bool(d.first) for d in judged],
+            "labels": truth[rest].tolist(),
+        }
     return result
 
 
@@ -336,6 +347,14 @@ def main() -> None:
             )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=float))
+    try:
+        from plots import plot_anomaly
+    except ImportError as exc:  # matplotlib is in the `bench` extra
+        print(f"no figures: {exc}")
+    else:
+        out = args.json.parent if args.json else Path(__file__).resolve().parent / "results"
+        for path in plot_anomaly(results, out):
+            print(f"figure: {path}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
     python benchmarks/eval_recommend.py [--data DIR] [--seed 0]
 
+Writes benchmarks/results/eval_recommend.json and eval_recommend.png (`--out` moves them).
+
 Item text: "<title>. Genres: <g1>, <g2>. Tags: <up to 20 most frequent user tags>."
 Protocol (fixed; seed 0): a rating >= 4.0 is a positive. A user's history is their
 training positives, weighted by (rating - 3); relevant items are their test positives.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 import time
 from collections import Counter, defaultdict
@@ -35,6 +38,7 @@ from embengine import Engine
 from embengine.tasks.recommend import Recommender
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+RESULTS = Path(__file__).resolve().parent / "results"
 POSITIVE = 4.0
 K = 10
 
@@ -92,9 +96,14 @@ def evaluate(name: str, rank, users: dict, relevant: dict) -> tuple[float, float
     return float(recall), float(ndcg)
 
 
+def row(scores: tuple[float, float]) -> dict[str, float]:
+    return {"recall@10": round(scores[0], 4), "ndcg@10": round(scores[1], 4)}
+
+
 def cold_start(
     texts: dict, vectors: np.ndarray, ratings: np.ndarray, tag_counts: dict, seed: int
-) -> None:
+) -> dict[str, dict[str, float]]:
+    """{method: {"recall@10": .., "ndcg@10": ..}} on the cold-start split."""
     rng = np.random.default_rng(seed)
     rated = np.unique(ratings[:, 1]).astype(int)
     held = set(rng.choice(rated, len(rated) // 10, replace=False).tolist())
@@ -111,14 +120,18 @@ def cold_start(
     def random_rank(users: list, histories: list) -> list:
         return [rng.permutation(held_ids)[:K].tolist() for _ in users]
 
-    evaluate("random", random_rank, train, relevant)
-    evaluate("popularity (no signal: random ties)", random_rank, train, relevant)
+    out = {"random": row(evaluate("random", random_rank, train, relevant))}
+    out["popularity"] = row(
+        evaluate("popularity (no signal: random ties)", random_rank, train, relevant)
+    )
     tagged = sorted(held_ids, key=lambda m: -tag_counts.get(m, 0))
-    evaluate(
-        "tag count (a popularity proxy in text)",
-        lambda u, h: [tagged[:K]] * len(u),
-        train,
-        relevant,
+    out["tag count"] = row(
+        evaluate(
+            "tag count (a popularity proxy in text)",
+            lambda u, h: [tagged[:K]] * len(u),
+            train,
+            relevant,
+        )
     )
     for label, options in (
         ("content, raw embeddings", {"center": False}),
@@ -126,12 +139,18 @@ def cold_start(
         ("content, centred, 3 centroids", {"profiles": 3}),
     ):
         rec = Recommender.from_vectors(vectors, ids, **options)
-        evaluate(
-            label, lambda u, h, r=rec: r.for_user(h, K, candidates=held_ids)[1], train, relevant
+        out[label] = row(
+            evaluate(
+                label, lambda u, h, r=rec: r.for_user(h, K, candidates=held_ids)[1], train, relevant
+            )
         )
+    return out
 
 
-def warm(texts: dict, vectors: np.ndarray, ratings: np.ndarray, seed: int) -> None:
+def warm(
+    texts: dict, vectors: np.ndarray, ratings: np.ndarray, seed: int
+) -> dict[str, dict[str, float]]:
+    """{method: {"recall@10": .., "ndcg@10": ..}} on the warm split."""
     rng = np.random.default_rng(seed)
     is_test = rng.random(len(ratings)) < 0.2
     train, test = histories(ratings[~is_test]), histories(ratings[is_test])
@@ -150,7 +169,7 @@ def warm(texts: dict, vectors: np.ndarray, ratings: np.ndarray, seed: int) -> No
     def popular(users: list, histories: list) -> list:
         return [[m for m in by_popularity if m not in set(seen[u])][:K] for u in users]
 
-    evaluate("popularity", popular, train, relevant)
+    out = {"popularity": row(evaluate("popularity", popular, train, relevant))}
     for label, alpha in (
         ("content", 0.0),
         ("co-occurrence", 1.0),
@@ -160,12 +179,15 @@ def warm(texts: dict, vectors: np.ndarray, ratings: np.ndarray, seed: int) -> No
         rec = Recommender.from_vectors(
             vectors, list(texts), profiles=1, alpha=alpha, interactions=interactions
         )
-        evaluate(
-            label,
-            lambda u, h, r=rec: r.for_user(h, K, exclude=[seen[user] for user in u])[1],
-            train,
-            relevant,
+        out[label] = row(
+            evaluate(
+                label,
+                lambda u, h, r=rec: r.for_user(h, K, exclude=[seen[user] for user in u])[1],
+                train,
+                relevant,
+            )
         )
+    return out
 
 
 def main() -> None:
@@ -173,6 +195,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--backend", default="torch", help="encoder backend (results: torch)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for JSON and PNG")
     args = parser.parse_args()
     texts, ratings, tag_counts = load(args.data)
     engine = Engine(backend=args.backend)
@@ -181,8 +204,20 @@ def main() -> None:
         engine.spec.fingerprint, producer, list(texts.values()), engine.embed
     )
     print(f"MovieLens small: {len(texts)} movies, {len(ratings)} ratings; {engine.spec.name}")
-    cold_start(texts, vectors, ratings, tag_counts, args.seed)
-    warm(texts, vectors, ratings, args.seed)
+    results = {
+        "model": engine.spec.name,
+        "seed": args.seed,
+        "cold start": cold_start(texts, vectors, ratings, tag_counts, args.seed),
+        "warm": warm(texts, vectors, ratings, args.seed),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "eval_recommend.json").write_text(json.dumps(results, indent=2))
+    try:
+        from plots import plot_recommend
+    except ImportError as exc:  # matplotlib is in the `bench` extra
+        print(f"no figure: {exc}")
+    else:
+        print(f"figure: {plot_recommend(results, args.out / 'eval_recommend.png')}")
 
 
 if __name__ == "__main__":

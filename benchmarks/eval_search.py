@@ -184,6 +184,12 @@ def write(rows: list[dict], out: Path, engine: Engine) -> None:
     table = "\n".join(lines)
     (out / "eval_search.md").write_text(table + "\n")
     print("\n" + table)
+    try:
+        from plots import plot_search
+    except ImportError as exc:  # matplotlib is in the `bench` extra
+        print(f"no figure: {exc}")
+    else:
+        print(f"figure: {plot_search(rows, out / 'eval_search.png')}")
 
 
 if __name__ == "__main__":
