@@ -76,21 +76,26 @@ print(json.dumps({"seen": seen, "mid_write": mid_write, "errors": errors, "save_
 """
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
-def test_sigkill_during_save_leaves_old_or_new_state(tmp_path: Path) -> None:
-    rounds = 25
+def run_child(code: str, target: Path, rounds: int) -> dict:
+    """Run a kill-and-reload child script on `target`; its last stdout line is a JSON report."""
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     env["PYTHONPATH"] = str(Path(embengine.__file__).resolve().parents[1])
     result = subprocess.run(
-        [sys.executable, "-c", CHILD, str(tmp_path / "index.emb"), str(rounds)],
+        [sys.executable, "-c", code, str(target), str(rounds)],
         capture_output=True,
         text=True,
         env=env,
-        cwd=tmp_path,
+        cwd=target.parent,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
+def test_sigkill_during_save_leaves_old_or_new_state(tmp_path: Path) -> None:
+    rounds = 25
+    report = run_child(CHILD, tmp_path / "index.emb", rounds)
     assert report["errors"] == []
     assert sum(report["seen"]) == rounds
     assert min(report["seen"]) > 0, f"both states should survive some kills: {report}"
@@ -135,9 +140,10 @@ def leftovers():
     names = os.listdir(path)
     return [n for n in names if n.endswith(".tmp") or (n.endswith(".seg") and n not in listed)]
 
-def write_forever(mode):
+def write_forever(mode, ready):
     store = open_store()
     j = complete_batches(store)
+    os.write(ready, b"1")  # opening is done: the kill below lands among the writes
     while True:
         if mode == "append":
             store.put(*batch(j))
@@ -161,13 +167,17 @@ report = {"append": [0, 0], "compact": [0, 0], "errors": [], "cycle_s": cycle_s}
 known = 4
 for r in range(rounds):
     mode = ("append", "compact")[r % 2]
+    ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
-            write_forever(mode)
+            write_forever(mode, ready_w)
         finally:
             os._exit(1)
-    time.sleep(random.uniform(0, 4 * cycle_s))
+    os.read(ready_r, 1)
+    os.close(ready_r)
+    os.close(ready_w)
+    time.sleep(random.uniform(0, 2 * cycle_s))
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     try:
@@ -192,18 +202,7 @@ def test_sigkill_during_store_append_and_compaction(tmp_path: Path) -> None:
     whole, verified state (batches all there or absent, exact vectors, none lost), and the
     next open removes what the killed writer left behind."""
     rounds = 30
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    env["PYTHONPATH"] = str(Path(embengine.__file__).resolve().parents[1])
-    result = subprocess.run(
-        [sys.executable, "-c", STORE_CHILD, str(tmp_path / "store.emb"), str(rounds)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_child(STORE_CHILD, tmp_path / "store.emb", rounds)
     assert report["errors"] == []
     mid_append, grew = report["append"]
     mid_compact, _ = report["compact"]
