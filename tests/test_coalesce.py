@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
 import random
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+import embengine
 from embengine import EmbedStats, Engine
 from embengine.device import cuda_available
 from embengine.errors import InvalidTypeError, OverloadedError
@@ -182,13 +185,22 @@ def test_coalesce_true_routes_concurrent_calls_and_keeps_results(fresh: Engine) 
 
 
 @pytest.mark.skipif(cuda_available(), reason="a GPU is visible: auto rightly looks at torch")
-def test_auto_device_does_not_import_torch_on_a_cpu_machine() -> None:
+def test_auto_device_does_not_import_torch_on_a_cpu_machine(tmp_path: Path) -> None:
+    # The first ONNX export needs torch by design; make it here, in the session's cache
+    # (EMBENGINE_CACHE_DIR, inherited), so the child measures only the device choice.
+    Engine(device="cpu", backend="onnx")
     code = (
         "import sys; from embengine import Engine; e = Engine(device='auto'); "
         "e.embed(['x']); print(e.encoder.name, 'torch' in sys.modules)"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        cwd=tmp_path,  # outside the source tree, which would shadow the installed package
+        env={**os.environ, "PYTHONPATH": str(Path(embengine.__file__).resolve().parents[1])},
     ).stdout.split()
     if out[0] == "torch":
         pytest.skip("onnxruntime missing: the torch backend imports torch by design")
