@@ -43,6 +43,7 @@ from embengine import Engine
 from embengine.tasks.classify import MODES, Classifier
 
 SETS = ("banking77", "banking77_oos", "hwu64")
+RESULTS = Path(__file__).resolve().parent / "results"
 SHOTS = (1, 5, 10, 20)
 
 
@@ -201,6 +202,23 @@ def main() -> None:
     )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    curves = {
+        name: {
+            method: {  # the few-shot curve; "full" (all training data) is in the printed table
+                shots: 100 * float(np.mean(values))
+                for shots, values in per_shots.items()
+                if shots != "full"
+            }
+            for method, per_shots in results[name].items()
+        }
+        for name in SETS
+    }
+    try:
+        from plots import plot_classify
+    except ImportError as exc:  # matplotlib is in the `bench` extra
+        print(f"no figure: {exc}")
+    else:
+        print(f"figure: {plot_classify(curves, RESULTS / 'eval_classify.png')}")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from embengine.tasks.dedup import (
 )
 
 SETS = ("abt_buy", "dblp_acm", "walmart_amazon")
+RESULTS = Path(__file__).resolve().parent / "results"
 GRID = [(lw, iw) for lw in (0.0, 0.3, 0.5, 0.7) for iw in (0.0, 0.15, 0.3)]
 
 
@@ -78,6 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     engine = Engine()
     grid: dict[str, dict] = {}
+    figure: dict[str, dict] = {}
     for name in SETS:
         left_fields, right_fields = MATCH_FIELDS[name]
         left, right, gold = tables(args.data, name)
@@ -111,6 +113,9 @@ def main() -> None:
         verdict = "met" if f1 >= target else "MISSED"
         print(f"   target (cut the better baseline's error by 1/4): F1 >= {target:.3f}: {verdict}")
         print(f"   default match took {seconds:.1f} s (vectors given; shared 2-core machine)")
+        figure[name] = {
+            method: {"precision": p, "recall": r, "f1": f} for method, _, (p, r, f) in rows
+        }
         grid[name] = {}
         for lw, iw in GRID:
             cands = match_candidates(
@@ -127,6 +132,12 @@ def main() -> None:
         others = [n for n in SETS if n != held]
         point = max(GRID, key=lambda p: np.mean([grid[n][p] for n in others]))
         print(f"   {held:16s} chosen {point} on {others}: F1 {grid[held][point]:.3f}")
+    try:
+        from plots import plot_match
+    except ImportError as exc:  # matplotlib is in the `bench` extra
+        print(f"no figure: {exc}")
+    else:
+        print(f"figure: {plot_match(figure, RESULTS / 'eval_match.png')}")
 
 
 if __name__ == "__main__":
