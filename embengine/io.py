@@ -23,6 +23,7 @@ import functools
 import hashlib
 import inspect
 import io
+import itertools
 import json
 import os
 import socket
@@ -321,3 +322,32 @@ def load_state(
     if meta.get("model") != fingerprint:
         raise ModelMismatchError(f"{path} was made with another model ({meta.get('model')})")
     return arrays, meta
+
+
+def pack_strings(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Variable-length strings as (UTF-8 bytes, int64 offsets): any str round-trips, NULs and
+    lone surrogates too, with no fixed-width padding."""
+    encoded = [v.encode("utf-8", "surrogatepass") for v in values]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(e) for e in encoded], out=offsets[1:])
+    return np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets
+
+
+def unpack_strings(data: np.ndarray, offsets: np.ndarray, n: int, what: str) -> list[str]:
+    """The n strings `pack_strings` wrote; CorruptFileError naming `what` when the bytes and
+    offsets disagree or are not UTF-8."""
+    if (
+        data.dtype != np.uint8
+        or offsets.dtype != np.int64
+        or offsets.shape != (n + 1,)
+        or offsets[0] != 0
+        or offsets[-1] != len(data)
+        or bool(np.any(np.diff(offsets) < 0))
+    ):
+        raise CorruptFileError(f"{what}: offsets disagree with the bytes")
+    raw = data.tobytes()
+    bounds = offsets.tolist()
+    try:
+        return [raw[a:b].decode("utf-8", "surrogatepass") for a, b in itertools.pairwise(bounds)]
+    except UnicodeDecodeError as exc:
+        raise CorruptFileError(f"{what}: not UTF-8") from exc

@@ -31,7 +31,6 @@ so a search must never overlap a write). Texts are embedded before the lock is t
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import threading
@@ -56,7 +55,13 @@ from embengine.errors import (
 )
 from embengine.index import _faiss, lexical
 from embengine.index.fusion import FUSIONS, fuse
-from embengine.io import load_arrays, malformed_is_corrupt, save_arrays
+from embengine.io import (
+    load_arrays,
+    malformed_is_corrupt,
+    pack_strings,
+    save_arrays,
+    unpack_strings,
+)
 
 if TYPE_CHECKING:
     from embengine.engine import Engine
@@ -596,11 +601,11 @@ class VectorIndex:
             }
             if self.id_kind == "str":
                 ids = [i if i is not None else "" for i in self._slot_ids[:n].tolist()]
-                arrays["ids_utf8"], arrays["ids_offsets"] = _pack_strings(ids)
+                arrays["ids_utf8"], arrays["ids_offsets"] = pack_strings(ids)
             else:
                 arrays["ids"] = self._slot_ids[:n].astype(np.int64)
             if self._texts is not None:
-                arrays["texts_utf8"], arrays["texts_offsets"] = _pack_strings(
+                arrays["texts_utf8"], arrays["texts_offsets"] = pack_strings(
                     [t or "" for t in self._texts]
                 )
                 arrays["has_text"] = np.array([t is not None for t in self._texts], dtype=bool)
@@ -1031,31 +1036,9 @@ def _repeats(ids: list[Id]) -> list[Id]:
         raise InvalidTypeError("ids must be int or str") from None
 
 
-def _pack_strings(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Variable-length strings as UTF-8 bytes + offsets (any str round-trips, NULs too)."""
-    encoded = [v.encode("utf-8", "surrogatepass") for v in values]
-    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-    np.cumsum([len(e) for e in encoded], out=offsets[1:])
-    return np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets
-
-
 def _unpack_strings(arrays: dict[str, np.ndarray], name: str, n: int, path: object) -> list[str]:
     data, offsets = arrays[f"{name}_utf8"], arrays[f"{name}_offsets"]
-    if (
-        data.dtype != np.uint8
-        or offsets.dtype != np.int64
-        or offsets.shape != (n + 1,)
-        or offsets[0] != 0
-        or offsets[-1] != len(data)
-        or bool(np.any(np.diff(offsets) < 0))
-    ):
-        raise CorruptFileError(f"{path}: the {name} strings are inconsistent")
-    raw = data.tobytes()
-    bounds = offsets.tolist()
-    try:
-        return [raw[a:b].decode("utf-8", "surrogatepass") for a, b in itertools.pairwise(bounds)]
-    except UnicodeDecodeError as exc:
-        raise CorruptFileError(f"{path}: the {name} strings are not UTF-8") from exc
+    return unpack_strings(data, offsets, n, f"{path}: the {name} strings")
 
 
 def _empty(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:

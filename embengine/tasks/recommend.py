@@ -40,7 +40,13 @@ from embengine.errors import (
     ModelMismatchError,
     NotFoundError,
 )
-from embengine.io import load_arrays, malformed_is_corrupt, save_arrays
+from embengine.io import (
+    load_arrays,
+    malformed_is_corrupt,
+    pack_strings,
+    save_arrays,
+    unpack_strings,
+)
 from embengine.records import Record, record_texts
 
 if TYPE_CHECKING:
@@ -731,31 +737,12 @@ def _frozen(a: np.ndarray) -> np.ndarray:
 
 def _pack_keys(keys: Sequence[ItemId]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Ids as UTF-8 bytes + offsets + an is-int flag: exact for any str (NUL, surrogates)."""
-    encoded = [str(key).encode("utf-8", "surrogatepass") for key in keys]
-    offsets = np.zeros(len(encoded) + 1, np.int64)
-    np.cumsum([len(e) for e in encoded], out=offsets[1:])
-    data = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+    data, offsets = pack_strings([str(key) for key in keys])
     return data, offsets, np.array([isinstance(key, int) for key in keys], dtype=bool)
 
 
 def _unpack_keys(data: np.ndarray, offsets: np.ndarray, is_int: np.ndarray) -> list[ItemId]:
-    n = len(is_int)
-    valid = (
-        data.dtype == np.uint8
-        and offsets.dtype == np.int64
-        and is_int.dtype == np.bool_
-        and offsets.shape == (n + 1,)
-        and offsets[0] == 0
-        and offsets[-1] == len(data)
-        and bool(np.all(np.diff(offsets) >= 0))
-    )
-    if not valid:
-        raise ValueError("id offsets disagree with the id bytes")
-    raw = data.tobytes()
-    keys: list[ItemId] = []
-    for n_, (start, end) in enumerate(
-        zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)
-    ):
-        text = raw[start:end].decode("utf-8", "surrogatepass")
-        keys.append(int(text) if is_int[n_] else text)
-    return keys
+    if is_int.dtype != np.bool_:
+        raise ValueError("the id kinds are not booleans")
+    texts = unpack_strings(data, offsets, len(is_int), "ids")
+    return [int(text) if flag else text for text, flag in zip(texts, is_int.tolist(), strict=True)]
