@@ -1,6 +1,6 @@
 """A readers-writer lock: the one primitive behind "safe to share between threads".
 
-Contract for every public object (README, Safety): reads run concurrently, writes are
+Contract for every public object (docs/safety.md): reads run concurrently, writes are
 exclusive, and a write either completes or leaves the state as before. Objects that keep
 their state in plain Python/numpy values prefer copy-on-write (build the new state, then
 swap one reference under `write()`); objects wrapping native structures that mutate in

@@ -75,14 +75,14 @@ class Engine:
     "cuda" (raises when CUDA is not usable). `backend` is "auto" (the fastest available for
     the device; `describe()` says which and why), "torch", "onnx" or "onnx-tensorrt".
     `precision` is "auto" (fp32 on CPU, fp16 on CUDA), "fp32", "fp16", "bf16" (torch on
-    CUDA) or "int8" (onnx on CPU, dynamic quantisation: explicit only, see README for its
+    CUDA) or "int8" (onnx on CPU, dynamic quantisation: explicit only, see docs/encoders.md for its
     accuracy). `batch_tokens` caps padded tokens per batch and `max_batch_size` texts per
     batch (defaults per device, measured: small batches stay in the CPU's caches, large
     ones fill a GPU). `store`: an EmbeddingStore or a path to one, consulted before
     encoding (see `attach_store`). `truncate_dim`: keep the first truncate_dim dimensions
     (Matryoshka models), renormalised; `dim` is then truncate_dim. `coalesce`: small
     `embed` calls made while another is running join the request coalescer's next batch
-    (README, Serving); `aembed` always coalesces. Safe to share between threads.
+    (docs/serving.md); `aembed` always coalesces. Safe to share between threads.
     """
 
     def __init__(

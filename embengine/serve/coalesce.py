@@ -35,7 +35,7 @@ from embengine.validation import check_texts
 if TYPE_CHECKING:
     from embengine.batching import Tokenized
 
-# Defaults, measured with benchmarks/bench_serve.py on the 2-core CPU (README, Serving).
+# Defaults, measured with benchmarks/bench_serve.py on the 2-core CPU (docs/serving.md).
 MAX_WAIT_MS = 2.0  # the most a request waits for company while another batch runs
 # A gathered call holds up to max(GATHER_TEXTS, 4 x the engine's max_batch_size) texts and
 # max(GATHER_TOKENS, 4 x its batch_tokens) real tokens: enough to sort by length well.

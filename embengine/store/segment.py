@@ -16,7 +16,7 @@ variable-length columns are offsets + a UTF-8 blob (no fixed-width strings). Lay
 
 The footer sits at the end so a segment is written in one streaming pass. Everything after
 the vectors is the "row data"; the manifest keeps a sha256 of the whole file and one of the
-row data, so opening can verify the row data always and the vectors when asked (README).
+row data, so opening can verify the row data always and the vectors when asked (docs/search.md).
 """
 
 from __future__ import annotations
