@@ -214,9 +214,7 @@ class Engine:
         if self.coalesce and self._running and coalescable and len(items) < self.max_batch_size:
             vectors, stats = self.coalescer.embed(items)
         else:
-            vectors, stats = self.embed_with_stats(
-                items, progress=progress, cache=cache, output=output
-            )
+            vectors, stats = self._embed_direct(items, progress, cache, output)
         self.last_stats = stats
         return vectors
 
@@ -230,8 +228,15 @@ class Engine:
     ) -> tuple[Any, EmbedStats]:
         """`embed` run directly in this thread (never coalesced, no prompt added), and this
         call's own stats."""
+        if output not in OUTPUTS:
+            raise InvalidInputError(f"output must be one of {OUTPUTS}, got {output!r}")
+        return self._embed_direct(check_texts(texts), progress, cache, output)
+
+    def _embed_direct(
+        self, items: list[str], progress: bool, cache: bool, output: str
+    ) -> tuple[Any, EmbedStats]:
+        """embed_with_stats on texts already checked (embed checks them once)."""
         started = time.perf_counter()
-        items = check_texts(texts)
         with self._stats_lock:
             self._running += 1
         try:
