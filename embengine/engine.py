@@ -505,11 +505,8 @@ class Engine:
         role = self._role_prompt("query", prompt, prompt_name)
         if not role or mode == "lexical":  # BM25 scores the query's own words
             return index.search(items, k, **options)
-        if mode != "dense":
-            raise InvalidInputError(
-                f"mode={mode!r} with a query prompt ({role!r}): VectorIndex embeds hybrid "
-                "queries itself, without prompts; use mode='dense' or prompt=''"
-            )
+        if mode != "dense":  # hybrid: the index embeds the dense side with the prompt
+            return index.search(items, k, prompt=role, **options)
         return index.search(self.embed(items, cache=False, prompt=role), k, **options)
 
     def _encode(

@@ -347,3 +347,30 @@ def test_readers_see_only_before_or_after_states_while_one_thread_writes(options
     assert reads[0] > 0
     assert len(index) == STABLE
     assert sorted(index.ids) == list(range(STABLE))
+
+
+class _PromptEngine(_RowEngine):
+    """Embeds "row i" as rows[i], or as -rows[i] when a prompt is given; records prompts."""
+
+    def __init__(self, rows: np.ndarray) -> None:
+        super().__init__(rows)
+        self.prompts: list[str | None] = []
+
+    def embed(self, texts: list[str], cache: bool = True, prompt: str | None = None) -> np.ndarray:
+        self.prompts.append(prompt)
+        vectors = super().embed(texts)
+        return -vectors if prompt else vectors
+
+
+def test_hybrid_search_embeds_the_dense_side_with_the_query_prompt(rows: np.ndarray) -> None:
+    engine = _PromptEngine(rows[:50])
+    index = VectorIndex(DIM, lexical=True, engine=engine)
+    index.add([f"row {i}" for i in range(50)])
+    plain = index.search(["row 4"], 50, mode="hybrid", fusion="score", weight=1.0)
+    prompted = index.search(["row 4"], 50, mode="hybrid", fusion="score", weight=1.0, prompt="q: ")
+    assert engine.prompts[-2:] == [None, "q: "]
+    # weight 1: the dense side alone; the prompted query is -rows[4], so row 4 comes last
+    assert plain[1][0, 0] == 4
+    assert prompted[1][0, -1] == 4
+    with pytest.raises(InvalidInputError, match="prompt"):
+        index.search(rows[:1], 3, prompt="q: ")  # vectors take no prompt

@@ -545,6 +545,7 @@ class VectorIndex:
         fusion: str = "rrf",
         weight: float = 0.5,
         depth: int = 100,
+        prompt: str | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k per query: (scores, ids), each (n_queries, k), best first.
 
@@ -559,6 +560,8 @@ class VectorIndex:
         rank) or "score" (min-max normalised scores; a candidate missing from one side's
         top `depth` gets that side's minimum), `weight` on the dense side; hybrid scores
         are fusion scores, not cosines.
+        prompt: prefixed to text queries when the engine embeds them (the dense side only:
+        BM25 scores the query's own words); Engine.search passes the model's query prompt.
         """
         k = _check_positive_int(k, "k")
         depth = _check_positive_int(depth, "depth")
@@ -569,12 +572,14 @@ class VectorIndex:
         if not isinstance(weight, (int, float, np.floating)) or not 0.0 <= weight <= 1.0:
             raise InvalidInputError(f"weight must be a number in [0, 1], got {weight!r}")
         query_texts = _as_texts(queries)
+        if prompt is not None and (query_texts is None or not isinstance(prompt, str)):
+            raise InvalidInputError(f"prompt= is a str for text queries, got {prompt!r}")
         if mode != "dense":
             if query_texts is None:
                 raise InvalidInputError(f"mode={mode!r} needs text queries (BM25 scores words)")
             if not self.lexical:
                 raise InvalidInputError(f"mode={mode!r} needs an index made with lexical=True")
-        q = None if mode == "lexical" else self._query_vectors(queries, query_texts)
+        q = None if mode == "lexical" else self._query_vectors(queries, query_texts, prompt)
         n_queries = len(query_texts) if query_texts is not None else len(q)  # type: ignore[arg-type]
         with self._lock.read():
             live = len(self._slot_of)
@@ -1016,19 +1021,25 @@ class VectorIndex:
             return None
         return lexical.tokenize(texts, stem=self.stem)
 
-    def _embed(self, texts: list[str], cache: bool = True) -> np.ndarray:
+    def _embed(self, texts: list[str], cache: bool = True, prompt: str | None = None) -> np.ndarray:
         if self.engine is None:
             raise InvalidInputError(
                 "text input needs an engine: make the index with engine.index(...) or "
                 "VectorIndex.load(path, engine=engine), or pass vectors"
             )
-        return np.ascontiguousarray(self.engine.embed(texts, cache=cache), dtype=np.float32)
+        if prompt is None:
+            vectors = self.engine.embed(texts, cache=cache)
+        else:
+            vectors = self.engine.embed(texts, cache=cache, prompt=prompt)
+        return np.ascontiguousarray(vectors, dtype=np.float32)
 
-    def _query_vectors(self, queries: Any, query_texts: list[str] | None) -> np.ndarray:
+    def _query_vectors(
+        self, queries: Any, query_texts: list[str] | None, prompt: str | None = None
+    ) -> np.ndarray:
         if query_texts is not None:
             if not query_texts:
                 return np.zeros((0, self.dim), dtype=np.float32)
-            return self._embed(query_texts, cache=False)  # queries stay out of the store
+            return self._embed(query_texts, cache=False, prompt=prompt)  # not stored
         return _unit_rows(queries, "queries", self.dim)
 
     def _check_ids(self, ids: Sequence[Id], n: int) -> list[Id]:
