@@ -52,13 +52,13 @@ def quality(data: Path) -> list[dict]:
             d,
         ),
         "binary, no rescoring": (lambda k: search_binary(queries, bits, k), d // 8),
-        "binary + rescore float32 (oversample 10)": (
+        "binary + rescore float32 (oversample 10)": (  # bits + the float32 rows kept
             lambda k: search_binary(queries, bits, k, rescore_with=docs),
-            d // 8,
+            d // 8 + 4 * d,
         ),
-        "binary + rescore int8 (oversample 10)": (
+        "binary + rescore int8 (oversample 10)": (  # bits + the int8 codes kept
             lambda k: search_binary(queries, bits, k, rescore_with=codes, quantizer=quantizer),
-            d // 8,
+            d // 8 + d,
         ),
     }
     rows = []
