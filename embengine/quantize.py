@@ -148,7 +148,7 @@ def _float_dots(vectors: np.ndarray) -> Any:
 
     def dots(queries: np.ndarray, ids: np.ndarray) -> np.ndarray:
         rows = vectors[ids.ravel()].astype(np.float32, copy=False).reshape(*ids.shape, -1)
-        return np.matmul(rows, queries[:, :, None].astype(np.float32))[..., 0]
+        return np.einsum("qmd,qd->qm", rows, queries.astype(np.float32))
 
     return dots
 
@@ -163,7 +163,7 @@ def _int8_dots(codes: np.ndarray, quantizer: Int8Quantizer) -> Any:
         offset = queries.astype(np.float64) @ quantizer.low.astype(np.float64)
         offset += CODE_MAX * w.sum(axis=1)
         rows = codes[ids.ravel()].astype(np.float32).reshape(*ids.shape, -1)
-        found = np.matmul(rows, w.astype(np.float32)[:, :, None])[..., 0]
+        found = np.einsum("qmd,qd->qm", rows, w.astype(np.float32))
         return (found + offset[:, None]).astype(np.float32)
 
     return dots
@@ -174,9 +174,13 @@ def _rescore(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact scores of each query's candidate ids by `dots` (see _float_dots / _int8_dots);
     the best k, ties to the lower id. Candidate id -1 is an empty slot."""
-    nq = len(candidates)
+    nq, m = candidates.shape
     valid = candidates >= 0
-    exact = dots(queries, np.where(valid, candidates, 0))
+    safe = np.where(valid, candidates, 0)
+    exact = np.empty((nq, m), np.float32)
+    step = max(1, (1 << 21) // max(1, m * queries.shape[1]))  # ~8 MiB of gathered rows
+    for r0 in range(0, nq, step):
+        exact[r0 : r0 + step] = dots(queries[r0 : r0 + step], safe[r0 : r0 + step])
     exact = np.where(valid, exact, np.float32(-np.inf))
     keyed_ids = np.where(valid, candidates, np.iinfo(np.int64).max)
     order = np.lexsort((keyed_ids, -exact), axis=1)[:, :k]
