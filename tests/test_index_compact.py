@@ -230,6 +230,8 @@ def test_damaged_or_crafted_compact_files_are_refused(
         save_arrays(crafted, bad, meta)
         with pytest.raises(CorruptFileError):
             VectorIndex.load(crafted)
+    with pytest.raises(InvalidInputError, match="cuda"):  # a wrong argument, not a bad file
+        VectorIndex.load(path, device="cuda")
     bad_meta = {**meta, "compact": "int4"}
     save_arrays(crafted, arrays, bad_meta)
     with pytest.raises(CorruptFileError, match="int4"):
@@ -374,3 +376,14 @@ def test_hybrid_search_embeds_the_dense_side_with_the_query_prompt(rows: np.ndar
     assert prompted[1][0, -1] == 4
     with pytest.raises(InvalidInputError, match="prompt"):
         index.search(rows[:1], 3, prompt="q: ")  # vectors take no prompt
+
+
+def test_engine_index_makes_a_compact_index() -> None:
+    from embengine import Engine
+
+    engine = Engine(device="cpu")
+    docs = [f"document number {i} about topic {i % 7}" for i in range(40)]
+    index = engine.index(docs, compact="binary", rescore="float32")
+    assert (index.compact, index.rescore, index.bytes_per_vector) == ("binary", "float32", 1584)
+    _, ids = engine.search(docs[:3], index, k=2)
+    assert ids[:, 0].tolist() == [0, 1, 2]

@@ -886,6 +886,11 @@ class VectorIndex:
         arrays, meta = load_arrays(path)
         if meta.get("format") not in (FORMAT, FORMAT_COMPACT, *OLD_FORMATS):
             raise CorruptFileError(f"{path} is not a VectorIndex file ({meta.get('format')!r})")
+        if meta["format"] == FORMAT_COMPACT and device not in ("auto", "cpu"):
+            raise InvalidInputError(
+                f"{path} holds compact vectors, searched on the CPU: device must be 'auto' or "
+                f"'cpu', got {device!r}"
+            )
         try:
             index = cls(
                 meta["dim"],
