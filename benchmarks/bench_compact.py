@@ -5,15 +5,18 @@
 Quality (BEIR SciFact, 300 test queries, default model, embeddings from the shared cache):
 nDCG@10 and recall@100 for float32 exact, int8, binary without and with rescoring, and bytes
 per vector. Speed (random unit vectors, n x 384): median search time for 1 and 16 queries,
-k = 10, float32 exact (ops.topk_cosine) vs embengine int8 / binary / binary + rescore, with
-FAISS IndexScalarQuantizer(QT_8bit) and IndexBinaryFlat timed in the same run. The machine
-may be shared: read the ratios, not the absolute times.
+k = 10, of the public VectorIndex (compact=None: float32 exact; "int8"; "binary" rescored on
+int8 codes or float32) and of the kernels underneath (ops.topk_cosine, quantize.search_int8 /
+search_binary), with FAISS IndexScalarQuantizer(QT_8bit) and IndexBinaryFlat timed in the
+same run. Ratios are to float32 exact: index rows to the float32 VectorIndex, kernel and
+FAISS rows to ops.topk_cosine. The machine may be shared: read the ratios, not the times.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from eval_search import DEFAULT_DATA, load_beir, ndcg_at, recall_at
 from timing import median_seconds
 
 from embengine import Engine, ops
+from embengine.index import VectorIndex
 from embengine.quantize import Int8Quantizer, binarize, search_binary, search_int8
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,13 +52,13 @@ def quality(data: Path) -> list[dict]:
             d,
         ),
         "binary, no rescoring": (lambda k: search_binary(queries, bits, k), d // 8),
-        "binary + rescore float32 (oversample 10)": (
+        "binary + rescore float32 (oversample 10)": (  # bits + the float32 rows kept
             lambda k: search_binary(queries, bits, k, rescore_with=docs),
-            d // 8,
+            d // 8 + 4 * d,
         ),
-        "binary + rescore int8 (oversample 10)": (
+        "binary + rescore int8 (oversample 10)": (  # bits + the int8 codes kept
             lambda k: search_binary(queries, bits, k, rescore_with=codes, quantizer=quantizer),
-            d // 8,
+            d // 8 + d,
         ),
     }
     rows = []
@@ -107,19 +111,32 @@ def speed(n: int, d: int, repeats: int) -> list[dict]:
         sq.add(x)
         flat_bits = faiss.IndexBinaryFlat(d)
         flat_bits.add(bits)
-    methods = {
-        "float32 exact (ops.topk_cosine)": lambda q: ops.topk_cosine(q, x, K),
-        "embengine int8": lambda q: search_int8(q, codes, quantizer, K),
-        "FAISS IndexScalarQuantizer QT_8bit": lambda q: sq.search(q, K),
-        "embengine binary (Hamming only)": lambda q: search_binary(q, bits, K),
-        "FAISS IndexBinaryFlat": lambda q: flat_bits.search(np.packbits(q > 0, axis=1), K),
-        "embengine binary + rescore float32 (x10)": lambda q: search_binary(
-            q, bits, K, rescore_with=x
-        ),
-        "embengine binary + rescore int8 (x10)": lambda q: search_binary(
-            q, bits, K, rescore_with=codes, quantizer=quantizer
-        ),
+    indexes = {
+        "VectorIndex float32 (compact=None)": VectorIndex(d, device="cpu"),
+        "VectorIndex int8": VectorIndex(d, compact="int8"),
+        "VectorIndex binary (rescore int8)": VectorIndex(d, compact="binary"),
+        "VectorIndex binary (rescore float32)": VectorIndex(d, compact="binary", rescore="float32"),
     }
+    for index in indexes.values():
+        for s in range(0, n, CHUNK):  # adds in chunks: int8 ranges fitted on the first
+            index.add(x[s : s + CHUNK])
+        print(f"{index.compact}/{index.rescore}: {index.bytes_per_vector} bytes per vector")
+    methods = {name: lambda q, index=index: index.search(q, K) for name, index in indexes.items()}
+    methods.update(
+        {
+            "float32 exact (ops.topk_cosine)": lambda q: ops.topk_cosine(q, x, K),
+            "embengine int8": lambda q: search_int8(q, codes, quantizer, K),
+            "FAISS IndexScalarQuantizer QT_8bit": lambda q: sq.search(q, K),
+            "embengine binary (Hamming only)": lambda q: search_binary(q, bits, K),
+            "FAISS IndexBinaryFlat": lambda q: flat_bits.search(np.packbits(q > 0, axis=1), K),
+            "embengine binary + rescore float32 (x10)": lambda q: search_binary(
+                q, bits, K, rescore_with=x
+            ),
+            "embengine binary + rescore int8 (x10)": lambda q: search_binary(
+                q, bits, K, rescore_with=codes, quantizer=quantizer
+            ),
+        }
+    )
     if faiss is None:
         methods = {name: f for name, f in methods.items() if "FAISS" not in name}
     rows = []
@@ -129,8 +146,12 @@ def speed(n: int, d: int, repeats: int) -> list[dict]:
             name: median_seconds(lambda f=f, q=q: f(q), repeats, warmup=True)
             for name, f in methods.items()
         }
-        base = times["float32 exact (ops.topk_cosine)"]
         for name, seconds in times.items():
+            base = times[
+                "VectorIndex float32 (compact=None)"
+                if name.startswith("VectorIndex")
+                else "float32 exact (ops.topk_cosine)"
+            ]
             row = {
                 "queries": nq,
                 "method": name,
@@ -196,7 +217,14 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="also time the CUDA twins")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
-    result: dict = {"machine": platform.processor() or platform.machine(), "n": args.n}
+    result: dict = {
+        "machine": platform.processor() or platform.machine(),
+        "n": args.n,
+        "cpus": os.cpu_count(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "load_before": [round(v, 2) for v in os.getloadavg()],
+    }
+    print(json.dumps(result))
     if not args.skip_quality:
         result["scifact"] = quality(args.data)
     if not args.skip_speed:

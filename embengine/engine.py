@@ -438,10 +438,13 @@ class Engine:
         ef_search: int = 128,
         prompt: str | None = None,
         prompt_name: str | None = None,
+        compact: str | None = None,
+        rescore: str | None = None,
     ) -> VectorIndex:
         """A VectorIndex of `texts` under `ids` (default 0..n-1), searchable by text.
 
         kind "flat" (exact), "ivf" or "hnsw"; lexical=True adds BM25 for hybrid search;
+        compact "int8" / "binary" (+ rescore) keeps compact vectors (kind="flat", CPU);
         the other arguments are VectorIndex's (device, exact, stem and the ANN knobs).
         Texts are embedded with the document prompt (see embed_documents; prompt= or
         prompt_name= to choose another); the index stores the texts without it.
@@ -462,6 +465,8 @@ class Engine:
             m=m,
             ef_construction=ef_construction,
             ef_search=ef_search,
+            compact=compact,
+            rescore=rescore,
         )
         vectors = self.embed_documents(items, prompt=prompt, prompt_name=prompt_name)
         index.add(vectors, None if ids is None else list(ids), texts=items)
@@ -500,11 +505,8 @@ class Engine:
         role = self._role_prompt("query", prompt, prompt_name)
         if not role or mode == "lexical":  # BM25 scores the query's own words
             return index.search(items, k, **options)
-        if mode != "dense":
-            raise InvalidInputError(
-                f"mode={mode!r} with a query prompt ({role!r}): VectorIndex embeds hybrid "
-                "queries itself, without prompts; use mode='dense' or prompt=''"
-            )
+        if mode != "dense":  # hybrid: the index embeds the dense side with the prompt
+            return index.search(items, k, prompt=role, **options)
         return index.search(self.embed(items, cache=False, prompt=role), k, **options)
 
     def _encode(

@@ -143,18 +143,44 @@ def _query_weights(queries: np.ndarray, quantizer: Int8Quantizer) -> np.ndarray:
     return np.clip(np.rint(w * scale), -CODE_MAX, CODE_MAX).astype(np.int8)
 
 
-def _rescore(
-    queries: np.ndarray, candidates: np.ndarray, rows: Any, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact scores q . rows(ids) for each query's candidate ids; the best k, ties to lower id.
+def _float_dots(vectors: np.ndarray) -> Any:
+    """dots(queries, ids): (q, m) float32 dots of query r with vectors[ids[r]]."""
 
-    rows(ids) returns the (len(ids), dim) float32 vectors of those ids; candidate id -1 is an
-    empty slot.
-    """
+    def dots(queries: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        rows = vectors[ids.ravel()].astype(np.float32, copy=False).reshape(*ids.shape, -1)
+        return np.einsum("qmd,qd->qm", rows, queries.astype(np.float32))
+
+    return dots
+
+
+def _int8_dots(codes: np.ndarray, quantizer: Int8Quantizer) -> Any:
+    """dots(queries, ids): q . dequantize(codes[ids]) without dequantizing the rows:
+    q . (low + (c + 127) step) = (q . low + 127 sum(q step)) + (q step) . c, one float32
+    matmul over the gathered codes (the dequantized form costs ten times more)."""
+
+    def dots(queries: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        w = queries.astype(np.float64) * quantizer.step
+        offset = queries.astype(np.float64) @ quantizer.low.astype(np.float64)
+        offset += CODE_MAX * w.sum(axis=1)
+        rows = codes[ids.ravel()].astype(np.float32).reshape(*ids.shape, -1)
+        found = np.einsum("qmd,qd->qm", rows, w.astype(np.float32))
+        return (found + offset[:, None]).astype(np.float32)
+
+    return dots
+
+
+def _rescore(
+    queries: np.ndarray, candidates: np.ndarray, dots: Any, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact scores of each query's candidate ids by `dots` (see _float_dots / _int8_dots);
+    the best k, ties to the lower id. Candidate id -1 is an empty slot."""
     nq, m = candidates.shape
     valid = candidates >= 0
-    vectors = rows(np.where(valid, candidates, 0).ravel()).reshape(nq, m, -1)
-    exact = np.matmul(vectors, queries[:, :, None].astype(np.float32))[..., 0]  # float32 dots
+    safe = np.where(valid, candidates, 0)
+    exact = np.empty((nq, m), np.float32)
+    step = max(1, (1 << 21) // max(1, m * queries.shape[1]))  # ~8 MiB of gathered rows
+    for r0 in range(0, nq, step):
+        exact[r0 : r0 + step] = dots(queries[r0 : r0 + step], safe[r0 : r0 + step])
     exact = np.where(valid, exact, np.float32(-np.inf))
     keyed_ids = np.where(valid, candidates, np.iinfo(np.int64).max)
     order = np.lexsort((keyed_ids, -exact), axis=1)[:, :k]
@@ -195,7 +221,7 @@ def search_int8(
     q = _float_queries(queries, quantizer.dim, quantizer)
     k, oversample = _check_k(k), _check_oversample(oversample)
     _, candidates = ops.topk_int8(_query_weights(q, quantizer), c, min(k * oversample, len(c)) or 1)
-    return _rescore(q, candidates, lambda ids: quantizer.dequantize(c[ids]), k)
+    return _rescore(q, candidates, _int8_dots(c, quantizer), k)
 
 
 def search_binary(
@@ -240,10 +266,10 @@ def _rescore_rows(vectors: Any, quantizer: Int8Quantizer | None, n: int, dim: in
     if v.dtype == np.int8:
         if quantizer is None:
             raise InvalidInputError("rescoring with int8 codes needs their quantizer")
-        return lambda ids: quantizer.dequantize(v[ids])
+        return _int8_dots(v, quantizer)
     if v.dtype not in (np.float32, np.float16):
         raise InvalidInputError(f"rescore_with must be float32, float16 or int8, got {v.dtype}")
-    return lambda ids: v[ids].astype(np.float32, copy=False)
+    return _float_dots(v)
 
 
 def _check_oversample(oversample: int) -> int:

@@ -70,22 +70,95 @@ EMB_AVX2_POPCNT inline void hamming_rows(const uint8_t* queries, int64_t q, cons
   }
 }
 
-template <int W>
-EMB_AVX2_POPCNT void hamming_block_words(const uint8_t* queries, int64_t q, const uint8_t* bits,
-                                         int64_t rows, int32_t* out) {
+// Per-byte popcounts of 32 bytes: two 16-entry nibble lookups (vpshufb), no popcnt.
+EMB_AVX2_POPCNT inline __m256i popcount_bytes(__m256i v) {
+  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,  //
+                                       0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  return _mm256_add_epi8(_mm256_shuffle_epi8(lut, _mm256_and_si256(v, low)),
+                         _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), low)));
+}
+
+// Four rows' byte counts (each byte <= 8 * 32-byte chunks, so no overflow up to 1024 dims)
+// -> their four totals as int32, matched bits = 8 * nbytes - differing bits. vpsadbw sums
+// each row's bytes into 4 qwords; rows 0/1 and 2/3 share qwords (low / high dword), then the
+// two 128-bit halves and the two qword halves are added.
+EMB_AVX2_POPCNT inline void store_four(__m256i c0, __m256i c1, __m256i c2, __m256i c3,
+                                       int32_t bits_per_row, int32_t* out) {
+  const __m256i zero = _mm256_setzero_si256();
+  const __m256i u01 = _mm256_or_si256(_mm256_sad_epu8(c0, zero),
+                                      _mm256_slli_epi64(_mm256_sad_epu8(c1, zero), 32));
+  const __m256i u23 = _mm256_or_si256(_mm256_sad_epu8(c2, zero),
+                                      _mm256_slli_epi64(_mm256_sad_epu8(c3, zero), 32));
+  const __m128i x01 = _mm_add_epi32(_mm256_castsi256_si128(u01), _mm256_extracti128_si256(u01, 1));
+  const __m128i x23 = _mm_add_epi32(_mm256_castsi256_si128(u23), _mm256_extracti128_si256(u23, 1));
+  const __m128i diff = _mm_add_epi32(_mm_unpacklo_epi64(x01, x23), _mm_unpackhi_epi64(x01, x23));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm_sub_epi32(_mm_set1_epi32(bits_per_row), diff));
+}
+
+// 48-byte rows (384 dims): two rows are three 32-byte chunks, so four rows are six loads,
+// xored with the query laid out as (q[0:32], q[32:48] q[0:16], q[16:48]) repeated.
+EMB_AVX2_POPCNT void hamming_block_48(const uint8_t* queries, int64_t q, const uint8_t* bits,
+                                      int64_t rows, int32_t* out) {
+  const __m256i first = _mm256_setr_epi64x(-1, -1, 0, 0);  // the low 128-bit lane
   int64_t r = 0;
-  for (; r + 4 <= rows; r += 4) hamming_rows<W, 4>(queries, q, bits + r * 8 * W, out + r);
-  for (; r < rows; ++r) hamming_rows<W, 1>(queries, q, bits + r * 8 * W, out + r);
+  for (; r + 4 <= rows; r += 4) {
+    __m256i row[6];
+    for (int c = 0; c < 6; ++c)
+      row[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bits + r * 48 + 32 * c));
+    for (int64_t i = 0; i < q; ++i) {
+      const uint8_t* qi = queries + i * 48;
+      const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qi));
+      const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qi + 16));
+      const __m256i b = _mm256_permute2x128_si256(c, a, 0x21);  // q[32:48] | q[0:16]
+      const __m256i p1 = popcount_bytes(_mm256_xor_si256(row[1], b));
+      const __m256i p4 = popcount_bytes(_mm256_xor_si256(row[4], b));
+      store_four(
+          _mm256_add_epi8(popcount_bytes(_mm256_xor_si256(row[0], a)), _mm256_and_si256(p1, first)),
+          _mm256_add_epi8(popcount_bytes(_mm256_xor_si256(row[2], c)), _mm256_andnot_si256(first, p1)),
+          _mm256_add_epi8(popcount_bytes(_mm256_xor_si256(row[3], a)), _mm256_and_si256(p4, first)),
+          _mm256_add_epi8(popcount_bytes(_mm256_xor_si256(row[5], c)), _mm256_andnot_si256(first, p4)),
+          384, out + i * kRows + r);
+    }
+  }
+  for (; r < rows; ++r) hamming_rows<6, 1>(queries, q, bits + r * 48, out + r);
+}
+
+// Rows of C 32-byte chunks (256, 512, 768, 1024 dims), four rows per step.
+template <int C>
+EMB_AVX2_POPCNT void hamming_block_32s(const uint8_t* queries, int64_t q, const uint8_t* bits,
+                                       int64_t rows, int32_t* out) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) {
+    const uint8_t* b = bits + r * 32 * C;
+    for (int64_t i = 0; i < q; ++i) {
+      __m256i count[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                          _mm256_setzero_si256()};
+      for (int c = 0; c < C; ++c) {
+        const __m256i qc =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(queries + i * 32 * C + 32 * c));
+        for (int j = 0; j < 4; ++j) {
+          const __m256i x = _mm256_loadu_si256(
+              reinterpret_cast<const __m256i*>(b + j * 32 * C + 32 * c));
+          count[j] = _mm256_add_epi8(count[j], popcount_bytes(_mm256_xor_si256(x, qc)));
+        }
+      }
+      store_four(count[0], count[1], count[2], count[3], 256 * C, out + i * kRows + r);
+    }
+  }
+  for (; r < rows; ++r)
+    for (int64_t i = 0; i < q; ++i)
+      out[i * kRows + r] = matches(queries + i * 32 * C, bits + r * 32 * C, 32 * C);
 }
 
 EMB_AVX2_POPCNT void hamming_block_avx2(const uint8_t* queries, int64_t q, const uint8_t* bits,
                                         int64_t rows, int64_t nbytes, int32_t* out) {
   switch (nbytes) {  // the widths of common models: 256, 384, 512, 768, 1024 dims
-    case 32: return hamming_block_words<4>(queries, q, bits, rows, out);
-    case 48: return hamming_block_words<6>(queries, q, bits, rows, out);
-    case 64: return hamming_block_words<8>(queries, q, bits, rows, out);
-    case 96: return hamming_block_words<12>(queries, q, bits, rows, out);
-    case 128: return hamming_block_words<16>(queries, q, bits, rows, out);
+    case 32: return hamming_block_32s<1>(queries, q, bits, rows, out);
+    case 48: return hamming_block_48(queries, q, bits, rows, out);
+    case 64: return hamming_block_32s<2>(queries, q, bits, rows, out);
+    case 96: return hamming_block_32s<3>(queries, q, bits, rows, out);
+    case 128: return hamming_block_32s<4>(queries, q, bits, rows, out);
     default: break;
   }
   for (int64_t r = 0; r < rows; ++r)

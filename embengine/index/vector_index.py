@@ -24,6 +24,19 @@ do not (near-ties at the cut, many dead candidates) are fetched again deeper, up
 whole table. Ties go to the earlier slot (the id added first). ANN results are re-scored
 and ordered the same way; their candidate sets are FAISS's.
 
+Compact vectors (compact="int8" | "binary"; kind="flat" on the CPU): rows are kept as int8
+codes (1 byte per dimension) and/or sign bits (1 bit per dimension) instead of float32 and
+searched by embengine.quantize.search_int8 / search_binary (native int8-dot / Hamming top-k,
+the best k * oversample rescored). The int8 ranges are calibrated once, on the corpus: the
+first `calibrate_rows` rows are held and searched as float32, then the ranges are fitted on
+them, every row is coded and the float32 copy dropped (`quantizer=` fixes the ranges from
+the start instead). Later rows are coded with those ranges, clipping at their ends. The
+ranges are never refitted: that would recode every row from its codes (rounding twice) and
+make a row's code depend on when it was added; an add that clips more than
+CLIP_WARN_FRACTION of its values logs a warning instead (refit by building a new index).
+Removed rows are skipped by over-fetching, as above. Results still do not depend on the
+batch: a query's int8 weights and its rescoring depend on that query alone.
+
 Threads: one readers-writer lock (embengine._sync.RWLock). Searches, `get`, `save` hold
 it shared; add / upsert / remove hold it exclusively (FAISS HNSW and IVF mutate in place,
 so a search must never overlap a write). Texts are embedded before the lock is taken.
@@ -62,6 +75,15 @@ from embengine.io import (
     save_arrays,
     unpack_strings,
 )
+from embengine.quantize import (
+    DEFAULT_BINARY_OVERSAMPLE,
+    DEFAULT_INT8_OVERSAMPLE,
+    Int8Quantizer,
+    binarize,
+    search_binary,
+    search_int8,
+)
+from embengine.quantize import STATE_KIND as QUANTIZER_STATE
 
 if TYPE_CHECKING:
     from embengine.engine import Engine
@@ -69,6 +91,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("embengine")
 
 FORMAT = "embengine.VectorIndex/2"
+FORMAT_COMPACT = "embengine.VectorIndex/3"  # /2 plus int8 codes, sign bits, int8 ranges
+COMPACTS = (None, "int8", "binary")
+RESCORES = ("int8", "float32")  # what binary candidates are rescored against
+CALIBRATE_ROWS = 1000  # rows held as float32 before the int8 ranges are fitted on them
+CLIP_WARN_FRACTION = 0.001
 OLD_FORMATS = ("embengine.VectorIndex/1",)  # fixed-width str ids / texts; BM25 rebuilt
 EXACT_BACKENDS = ("faiss", "kernel")
 MODES = ("dense", "lexical", "hybrid")
@@ -104,6 +131,14 @@ class VectorIndex:
     engine / fingerprint: the model that made the vectors; an engine lets add and search take
     texts, and a fingerprint is checked when loading with an engine.
     nlist, nprobe (ivf), m, ef_construction, ef_search (hnsw): see `_faiss.AnnParams`.
+    compact: None (float32 rows, 4 bytes per dimension), "int8" (1 byte per dimension:
+    per-dimension ranges calibrated on the corpus, see the module docstring) or "binary"
+    (sign bits, 1 bit per dimension, searched by Hamming distance, the best candidates
+    rescored against `rescore` = "int8" codes (the default: 1 + 1/8 bytes per dimension
+    kept) or "float32" vectors (4 + 1/8)). kind="flat" on the CPU only. oversample: the
+    candidates rescored per result (default 4 for int8, 10 for binary). quantizer: fixed
+    int8 ranges (e.g. `Int8Quantizer.fit(sample)`); without it the ranges are fitted on the
+    first `calibrate_rows` rows, which are searched as float32 until then.
     """
 
     def __init__(
@@ -122,6 +157,11 @@ class VectorIndex:
         m: int = 32,
         ef_construction: int = 200,
         ef_search: int = 128,
+        compact: str | None = None,
+        rescore: str | None = None,
+        oversample: int | None = None,
+        quantizer: Int8Quantizer | None = None,
+        calibrate_rows: int = CALIBRATE_ROWS,
     ) -> None:
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
             raise InvalidInputError(f"dim must be a positive int, got {dim!r}")
@@ -132,7 +172,24 @@ class VectorIndex:
         self.dim = int(dim)
         self.kind = kind
         self.exact = exact
-        self.device = _resolve_device(device, kind)
+        self.compact, self.rescore = _check_compact(compact, rescore, kind, exact, device)
+        self.oversample = _check_positive_int(
+            oversample
+            if oversample is not None
+            else (DEFAULT_INT8_OVERSAMPLE if compact == "int8" else DEFAULT_BINARY_OVERSAMPLE),
+            "oversample",
+        )
+        self.calibrate_rows = _check_positive_int(calibrate_rows, "calibrate_rows")
+        if quantizer is not None and (
+            not isinstance(quantizer, Int8Quantizer) or quantizer.dim != self.dim
+        ):
+            raise InvalidInputError(
+                f"quantizer must be an Int8Quantizer of dim {self.dim}, got {quantizer!r}"
+            )
+        if quantizer is not None and not self._uses_codes():
+            raise InvalidInputError("quantizer= is for compact='int8' or rescore='int8'")
+        self._quantizer = quantizer
+        self.device = "cpu" if self.compact else _resolve_device(device, kind)
         self.params = _faiss.AnnParams(
             nlist=nlist, nprobe=nprobe, m=m, ef_construction=ef_construction, ef_search=ef_search
         )
@@ -145,7 +202,10 @@ class VectorIndex:
         self._bm25_mutex = threading.Lock()  # one reader builds a stale BM25 side at a time
         self._next_auto_id = 0
         self._n = 0  # slots in use (live + dead)
-        self._vectors = np.zeros((0, self.dim), dtype=np.float32)
+        self._vectors: np.ndarray | None = np.zeros((0, self.dim), dtype=np.float32)
+        self._codes: np.ndarray | None = None  # int8 codes (int8, or binary rescored on int8)
+        self._signs: np.ndarray | None = None  # packed sign bits (binary)
+        self._set_tables()
         self._live = np.zeros(0, dtype=bool)
         self._bits = np.zeros(0, dtype=np.uint8)  # _live as a little-endian bitmap
         self._slot_ids: np.ndarray = np.zeros(0, dtype=np.int64)  # object array for str ids
@@ -173,6 +233,75 @@ class VectorIndex:
             )
         self.engine = engine
 
+    # ---------------------------------------------------------------- compact vectors
+
+    def _uses_codes(self) -> bool:
+        return self.compact == "int8" or self.rescore == "int8"
+
+    def _calibrating(self) -> bool:
+        """int8 ranges not fitted yet: the rows are held (and searched) as float32."""
+        return self._uses_codes() and self._quantizer is None
+
+    def _set_tables(self) -> None:
+        """Empty per-row tables for what this index keeps: float32 rows, int8 codes, signs."""
+        keep_floats = self.compact is None or self.rescore == "float32" or self._calibrating()
+        self._vectors = np.zeros((0, self.dim), np.float32) if keep_floats else None
+        codes = self._uses_codes() and self._quantizer is not None
+        self._codes = np.zeros((0, self.dim), np.int8) if codes else None
+        binary = self.compact == "binary"
+        self._signs = np.zeros((0, -(-self.dim // 8)), np.uint8) if binary else None
+
+    def _row_tables(self) -> dict[str, np.ndarray]:
+        tables = {"_vectors": self._vectors, "_codes": self._codes, "_signs": self._signs}
+        return {name: table for name, table in tables.items() if table is not None}
+
+    @property
+    def bytes_per_vector(self) -> int:
+        """Bytes kept per row for its vector: float32, int8 codes and / or sign bits."""
+        return sum(t.itemsize * t.shape[1] for t in self._row_tables().values())
+
+    @property
+    def quantizer(self) -> Int8Quantizer | None:
+        """The int8 ranges (None before calibration, or when no int8 codes are kept)."""
+        return self._quantizer
+
+    def _quantize(self, vectors: np.ndarray) -> np.ndarray:
+        """int8 codes of unit rows with the fixed ranges (in chunks: quantize works in
+        float64); warns when more than CLIP_WARN_FRACTION of the values clip."""
+        q = self._quantizer
+        assert q is not None
+        codes = np.empty(vectors.shape, np.int8)
+        clipped = 0
+        for r0 in range(0, len(vectors), 65536):
+            block = vectors[r0 : r0 + 65536]
+            clipped += int(np.count_nonzero((block < q.low) | (block > q.high)))
+            codes[r0 : r0 + 65536] = q.quantize(block)
+        if clipped > CLIP_WARN_FRACTION * vectors.size:
+            log.warning(
+                "int8 index: %d of %d values fell outside the calibrated ranges and were "
+                "clipped; if the new rows differ from the calibration rows, build a new "
+                "index (or pass quantizer=Int8Quantizer.fit(representative rows))",
+                clipped,
+                vectors.size,
+            )
+        return codes
+
+    def _calibrate(self) -> None:
+        """Fit the int8 ranges on the live float32 rows, code every row, drop the floats
+        unless binary rescoring needs them (write lock held)."""
+        n = self._n
+        rows = self._vectors[:n]  # type: ignore[index]
+        alive = self._live[:n]
+        if not alive.any():
+            return
+        self._quantizer = Int8Quantizer.fit(rows[alive])
+        codes = np.empty((len(self._vectors), self.dim), np.int8)  # type: ignore[arg-type]
+        codes[:n] = self._quantize(rows)
+        self._codes = codes
+        if self.rescore != "float32":
+            self._vectors = None
+        log.debug("int8 ranges calibrated on %d rows", int(alive.sum()))
+
     # ---------------------------------------------------------------- size and contents
 
     def __len__(self) -> int:
@@ -196,9 +325,10 @@ class VectorIndex:
         return self._n - len(self._slot_of)
 
     def memory_bytes(self) -> int:
-        """Bytes held: the vector table, the FAISS index (its serialised size) and BM25."""
+        """Bytes held: the vector tables (float32 / int8 / sign bits, with spare capacity),
+        the FAISS index (its serialised size) and BM25."""
         with self._lock.read():
-            total = self._vectors.nbytes
+            total = sum(t.nbytes for t in self._row_tables().values())
             if self._faiss is not None:
                 total += _faiss.serialize(self._faiss).nbytes
             if self._bm25 is not None and self._bm25.lexical is not None:
@@ -206,9 +336,15 @@ class VectorIndex:
             return total
 
     def get(self, ids: Sequence[Id]) -> np.ndarray:
-        """Vectors of `ids`: (len(ids), dim) float32 unit rows; NotFoundError for unknown ids."""
+        """Vectors of `ids`: (len(ids), dim) float32 unit rows; NotFoundError for unknown ids.
+
+        An index that keeps int8 codes only returns them dequantized and renormalised (an
+        approximation of the vectors added)."""
         with self._lock.read():
-            return self._vectors[self._slots(list(ids))]
+            slots = self._slots(list(ids))
+            if self._vectors is not None:
+                return self._vectors[slots]
+            return ops.normalize_rows_(self._quantizer.dequantize(self._codes[slots]))  # type: ignore[union-attr,index]
 
     def texts(self, ids: Sequence[Id]) -> list[str | None]:
         """Texts stored with `ids` (None where a vector was added without text)."""
@@ -288,8 +424,12 @@ class VectorIndex:
         self._reserve(vectors, kind)
         if self._faiss is not None:
             self._faiss.add(vectors)
-        if self._vectors is not vectors:
+        if self._vectors is not None and self._vectors is not vectors:
             self._vectors[start:end] = vectors
+        if self._codes is not None:
+            self._codes[start:end] = self._quantize(vectors)
+        if self._signs is not None:
+            self._signs[start:end] = binarize(vectors)
         self._slot_ids[start:end] = new_ids
         self._live[start:end] = True
         self._set_bits(start, end)
@@ -307,6 +447,8 @@ class VectorIndex:
             self._next_auto_id = max(self._next_auto_id, max(new_ids) + 1)  # type: ignore[type-var]
         self._n = end
         self._generation += 1
+        if self._calibrating() and end >= self.calibrate_rows:
+            self._calibrate()
 
     def _reserve(self, vectors: np.ndarray, kind: str) -> None:
         """Room for `vectors` after the last slot: grow by half (amortised O(1) per row).
@@ -316,16 +458,17 @@ class VectorIndex:
         need = self._n + len(vectors)
         if self._n == 0 and kind == "str" and self._slot_ids.dtype != object:
             self._slot_ids = np.full(len(self._slot_ids), None, dtype=object)
-        if need <= len(self._vectors) and need <= len(self._live):
+        tables = self._row_tables()
+        if need <= len(self._live) and all(need <= len(t) for t in tables.values()):
             return
-        if self._n == 0:
-            self._vectors = vectors  # a fresh C-contiguous float32 copy made by add
-            cap = need
-        else:
-            cap = max(need, len(self._vectors) * 3 // 2)
-            grown = np.empty((cap, self.dim), dtype=np.float32)
-            grown[: self._n] = self._vectors[: self._n]
-            self._vectors = grown
+        cap = need if self._n == 0 else max(need, len(self._live) * 3 // 2)
+        for name, table in tables.items():
+            if self._n == 0 and name == "_vectors":
+                grown = vectors  # a fresh C-contiguous float32 copy made by add
+            else:
+                grown = np.empty((cap, *table.shape[1:]), dtype=table.dtype)
+                grown[: self._n] = table[: self._n]
+            setattr(self, name, grown)
         cap8 = -(-cap // 8) * 8
         live = np.zeros(cap8, dtype=bool)
         live[: self._n] = self._live[: self._n]
@@ -367,7 +510,8 @@ class VectorIndex:
         started = time.perf_counter()
         keep = np.flatnonzero(self._live[: self._n])
         n = len(keep)
-        self._vectors = np.ascontiguousarray(self._vectors[keep])
+        for name, table in self._row_tables().items():
+            setattr(self, name, np.ascontiguousarray(table[keep]))
         cap8 = -(-n // 8) * 8
         ids = np.full(cap8, None if self.id_kind == "str" else -1, dtype=self._slot_ids.dtype)
         ids[:n] = self._slot_ids[keep]
@@ -401,6 +545,7 @@ class VectorIndex:
         fusion: str = "rrf",
         weight: float = 0.5,
         depth: int = 100,
+        prompt: str | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k per query: (scores, ids), each (n_queries, k), best first.
 
@@ -415,6 +560,8 @@ class VectorIndex:
         rank) or "score" (min-max normalised scores; a candidate missing from one side's
         top `depth` gets that side's minimum), `weight` on the dense side; hybrid scores
         are fusion scores, not cosines.
+        prompt: prefixed to text queries when the engine embeds them (the dense side only:
+        BM25 scores the query's own words); Engine.search passes the model's query prompt.
         """
         k = _check_positive_int(k, "k")
         depth = _check_positive_int(depth, "depth")
@@ -425,12 +572,14 @@ class VectorIndex:
         if not isinstance(weight, (int, float, np.floating)) or not 0.0 <= weight <= 1.0:
             raise InvalidInputError(f"weight must be a number in [0, 1], got {weight!r}")
         query_texts = _as_texts(queries)
+        if prompt is not None and (query_texts is None or not isinstance(prompt, str)):
+            raise InvalidInputError(f"prompt= is a str for text queries, got {prompt!r}")
         if mode != "dense":
             if query_texts is None:
                 raise InvalidInputError(f"mode={mode!r} needs text queries (BM25 scores words)")
             if not self.lexical:
                 raise InvalidInputError(f"mode={mode!r} needs an index made with lexical=True")
-        q = None if mode == "lexical" else self._query_vectors(queries, query_texts)
+        q = None if mode == "lexical" else self._query_vectors(queries, query_texts, prompt)
         n_queries = len(query_texts) if query_texts is not None else len(q)  # type: ignore[arg-type]
         with self._lock.read():
             live = len(self._slot_of)
@@ -463,7 +612,10 @@ class VectorIndex:
     def _dense_search(
         self, q: np.ndarray, k: int, allowed: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, slots), (n, <= k), by inner product; exact over `allowed` slots when given."""
+        """(scores, slots), (n, <= k), by inner product; exact over `allowed` slots when given
+        (compact indexes: the compact search over the allowed rows)."""
+        if self._signs is not None or self._codes is not None:
+            return self._compact_search(q, k, allowed)
         if allowed is not None:
             scores, rows = _exact_topk(q, self._vectors[allowed], k, None, 0)
             return scores, np.where(rows >= 0, allowed[np.maximum(rows, 0)], -1)
@@ -472,6 +624,74 @@ class VectorIndex:
             live = self._live[:n] if self.dead else None
             return _exact_topk(q, self._vectors[:n], k, live, self.dead)
         return self._faiss_search(q, k)
+
+    def _compact_search(
+        self, q: np.ndarray, k: int, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, slots), (n, <= k), from int8 codes or sign bits (+ rescoring).
+
+        Dead rows are scanned and dropped: a search fetches k plus about twice the expected
+        dead rows among them, and rows left with fewer than k are fetched again 4x deeper.
+        """
+        n = self._n
+        if allowed is not None:
+            size, live, dead = len(allowed), None, 0
+        else:
+            size, live, dead = n, (self._live[:n] if self.dead else None), self.dead
+        k = min(k, size - dead)
+        scores, slots = _empty(len(q), max(k, 0))
+        if k <= 0:
+            return scores, slots
+        fetch = min(size, k + (_extra(k, dead, size) if dead else 0))
+        todo = np.arange(len(q))
+        while len(todo):
+            got, rows = self._compact_candidates(q[todo], fetch, allowed)
+            usable = rows >= 0
+            if live is not None:
+                usable &= live[np.maximum(rows, 0)]
+            order = np.argsort(~usable, axis=1, kind="stable")[:, :k]  # best usable first
+            top = np.take_along_axis(np.where(usable, got, -np.inf), order, 1)
+            rows = np.where(np.isfinite(top), np.take_along_axis(rows, order, 1), -1)
+            if allowed is not None:
+                rows = np.where(rows >= 0, allowed[np.maximum(rows, 0)], -1)
+            scores[todo], slots[todo] = top, rows
+            todo = todo[(usable.sum(axis=1) < k) & (fetch < size)]
+            fetch = min(size, fetch * 4)
+        return scores, slots
+
+    def _compact_candidates(
+        self, q: np.ndarray, fetch: int, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """quantize.search_int8 / search_binary over all slots or the `allowed` ones."""
+        n = self._n
+
+        def rows(table: np.ndarray) -> np.ndarray:
+            return table[:n] if allowed is None else table[allowed]
+
+        if self._signs is None:
+            return search_int8(
+                q,
+                rows(self._codes),
+                self._quantizer,
+                fetch,
+                oversample=self.oversample,  # type: ignore[arg-type]
+            )
+        if self._vectors is not None:  # rescore="float32", or int8 ranges not calibrated yet
+            return search_binary(
+                q,
+                rows(self._signs),
+                fetch,
+                rescore_with=rows(self._vectors),
+                oversample=self.oversample,
+            )
+        return search_binary(
+            q,
+            rows(self._signs),
+            fetch,
+            rescore_with=rows(self._codes),  # type: ignore[arg-type]
+            quantizer=self._quantizer,
+            oversample=self.oversample,
+        )
 
     def _faiss_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """FAISS candidates re-scored exactly; flat results checked, failures redone exactly."""
@@ -538,7 +758,11 @@ class VectorIndex:
             union = np.union1d(dense_slots[row][dense_slots[row] >= 0], words)
             candidates[row, : len(union)] = union
             lex[row, np.searchsorted(union, words)] = lexical_scores[row][found]
-        dense = np.where(candidates >= 0, _scores(q, self._vectors, candidates), -np.inf)
+        if self._vectors is not None:
+            pair_scores = _scores(q, self._vectors, candidates)
+        else:
+            pair_scores = _scores(q, self._codes, candidates, self._quantizer)  # type: ignore[arg-type]
+        dense = np.where(candidates >= 0, pair_scores, -np.inf)
         fused = fuse(dense, lex, method=fusion, weight=weight)
         scores, local = _top_k(fused, k)
         slots = np.where(local >= 0, np.take_along_axis(candidates, np.maximum(local, 0), 1), -1)
@@ -595,10 +819,11 @@ class VectorIndex:
         """
         with self._lock.read():
             n = self._n
-            arrays: dict[str, np.ndarray] = {
-                "vectors": self._vectors[:n],
-                "live": self._live[:n],
-            }
+            arrays: dict[str, np.ndarray] = {"live": self._live[:n]}
+            for name, table in self._row_tables().items():
+                arrays[name[1:]] = table[:n]  # vectors, codes, signs
+            if self._quantizer is not None:
+                arrays.update(self._quantizer.to_state()[0])  # int8_low, int8_high
             if self.id_kind == "str":
                 ids = [i if i is not None else "" for i in self._slot_ids[:n].tolist()]
                 arrays["ids_utf8"], arrays["ids_offsets"] = pack_strings(ids)
@@ -612,7 +837,7 @@ class VectorIndex:
             if self._faiss is not None and self.kind != "flat":  # flat is rebuilt on load
                 arrays["faiss"] = _faiss.serialize(self._faiss)
             meta: dict[str, Any] = {
-                "format": FORMAT,
+                "format": FORMAT_COMPACT if self.compact else FORMAT,
                 "dim": self.dim,
                 "kind": self.kind,
                 "exact": self.exact,
@@ -623,6 +848,13 @@ class VectorIndex:
                 "lexical": self.lexical,
                 "stem": self.stem,
             }
+            if self.compact:
+                meta.update(
+                    compact=self.compact,
+                    rescore=self.rescore,
+                    oversample=self.oversample,
+                    calibrate_rows=self.calibrate_rows,
+                )
             bm25 = self._bm25_if_possible()
             if bm25 is not None and bm25.lexical is not None:
                 arrays.update(bm25.lexical.to_arrays())
@@ -652,8 +884,13 @@ class VectorIndex:
         FAISS's own copy); the FAISS part is walked and bounds-checked before FAISS reads it.
         """
         arrays, meta = load_arrays(path)
-        if meta.get("format") not in (FORMAT, *OLD_FORMATS):
+        if meta.get("format") not in (FORMAT, FORMAT_COMPACT, *OLD_FORMATS):
             raise CorruptFileError(f"{path} is not a VectorIndex file ({meta.get('format')!r})")
+        if meta["format"] == FORMAT_COMPACT and device not in ("auto", "cpu"):
+            raise InvalidInputError(
+                f"{path} holds compact vectors, searched on the CPU: device must be 'auto' or "
+                f"'cpu', got {device!r}"
+            )
         try:
             index = cls(
                 meta["dim"],
@@ -664,6 +901,7 @@ class VectorIndex:
                 stem=meta["stem"],
                 fingerprint=meta["fingerprint"],
                 **_params(meta["params"]),
+                **_compact_options(arrays, meta),
             )
             index._restore(path, arrays, meta)
         except CorruptFileError:
@@ -675,16 +913,23 @@ class VectorIndex:
         return index
 
     def _restore(self, path: str | Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
-        vectors, live = arrays["vectors"], arrays["live"]
-        n = len(vectors)
-        if (
-            vectors.dtype != np.float32
-            or vectors.shape != (n, self.dim)
-            or live.dtype != bool
-            or live.shape != (n,)
+        live = arrays["live"]
+        n = len(live)
+        if live.dtype != bool or live.shape != (n,):
+            raise CorruptFileError(f"{path}: live flags {live.dtype} {live.shape} are malformed")
+        tables = {}
+        for name, want in self._row_tables().items():  # what this kind of index keeps
+            got = arrays[name[1:]]
+            if got.dtype != want.dtype or got.shape != (n, want.shape[1]):
+                raise CorruptFileError(
+                    f"{path}: {name[1:]} {got.dtype} {got.shape} do not match {n} rows of "
+                    f"{want.dtype} {want.shape[1]}"
+                )
+            tables[name] = got
+        vectors = tables.get("_vectors")
+        if vectors is not None and not np.isfinite(
+            np.add.reduce(vectors, axis=None, dtype=np.float64)
         ):
-            raise CorruptFileError(f"{path}: vectors {vectors.shape} / live {live.shape} disagree")
-        if not np.isfinite(np.add.reduce(vectors, axis=None, dtype=np.float64)):
             raise CorruptFileError(f"{path}: vectors hold NaN or inf")
         id_kind = meta["id_kind"]
         if id_kind not in (None, "int", "str"):
@@ -729,7 +974,8 @@ class VectorIndex:
             raise CorruptFileError(f"{path}: the FAISS part is missing")
         # everything checked: install
         cap8 = -(-n // 8) * 8
-        self._vectors = vectors
+        for name, table in tables.items():
+            setattr(self, name, table)
         self._live = np.zeros(cap8, dtype=bool)
         self._live[:n] = live
         self._bits = np.zeros(cap8 // 8, dtype=np.uint8)
@@ -780,19 +1026,25 @@ class VectorIndex:
             return None
         return lexical.tokenize(texts, stem=self.stem)
 
-    def _embed(self, texts: list[str], cache: bool = True) -> np.ndarray:
+    def _embed(self, texts: list[str], cache: bool = True, prompt: str | None = None) -> np.ndarray:
         if self.engine is None:
             raise InvalidInputError(
                 "text input needs an engine: make the index with engine.index(...) or "
                 "VectorIndex.load(path, engine=engine), or pass vectors"
             )
-        return np.ascontiguousarray(self.engine.embed(texts, cache=cache), dtype=np.float32)
+        if prompt is None:
+            vectors = self.engine.embed(texts, cache=cache)
+        else:
+            vectors = self.engine.embed(texts, cache=cache, prompt=prompt)
+        return np.ascontiguousarray(vectors, dtype=np.float32)
 
-    def _query_vectors(self, queries: Any, query_texts: list[str] | None) -> np.ndarray:
+    def _query_vectors(
+        self, queries: Any, query_texts: list[str] | None, prompt: str | None = None
+    ) -> np.ndarray:
         if query_texts is not None:
             if not query_texts:
                 return np.zeros((0, self.dim), dtype=np.float32)
-            return self._embed(query_texts, cache=False)  # queries stay out of the store
+            return self._embed(query_texts, cache=False, prompt=prompt)  # not stored
         return _unit_rows(queries, "queries", self.dim)
 
     def _check_ids(self, ids: Sequence[Id], n: int) -> list[Id]:
@@ -929,14 +1181,19 @@ def _rescore(
     return scores, rows, ok
 
 
-def _scores(q: np.ndarray, base: np.ndarray, cand: np.ndarray) -> np.ndarray:
+def _scores(
+    q: np.ndarray, base: np.ndarray, cand: np.ndarray, quantizer: Int8Quantizer | None = None
+) -> np.ndarray:
     """(n, c) float32 dots of query r with base[cand[r]], one pair at a time: the products,
     then numpy's pairwise sum over the contiguous last axis, the same for every pair, so a
-    score never depends on which other rows or queries share the call. -1 candidates: 0."""
+    score never depends on which other rows or queries share the call. -1 candidates: 0.
+    quantizer: `base` holds its int8 codes, dequantized per candidate."""
     out = np.empty(cand.shape, dtype=np.float32)
     step = max(1, (1 << 22) // max(1, cand.shape[1] * q.shape[1]))  # ~16 MiB of products
     for r0 in range(0, len(q), step):
         rows = base[np.maximum(cand[r0 : r0 + step], 0)]
+        if quantizer is not None:
+            rows = quantizer.dequantize(rows.reshape(-1, q.shape[1])).reshape(rows.shape)
         rows *= q[r0 : r0 + step, None, :]
         out[r0 : r0 + step] = rows.sum(axis=2)
     return out
@@ -963,6 +1220,51 @@ def _resolve_device(device: str, kind: str) -> str:
         return "cuda"
     log.debug("VectorIndex device='auto' chose the CPU (%d FAISS GPUs, kind %s)", gpus, kind)
     return "cpu"
+
+
+def _check_compact(
+    compact: object, rescore: object, kind: str, exact: str, device: str
+) -> tuple[str | None, str | None]:
+    """(compact, rescore) checked: rescore is "int8" / "float32" for binary, else None."""
+    if not (compact is None or isinstance(compact, str)) or compact not in COMPACTS:
+        raise InvalidInputError(f"compact must be one of {COMPACTS}, got {compact!r}")
+    if compact != "binary" and rescore is not None:
+        raise InvalidInputError(
+            f"rescore= is for compact='binary' (int8 rescores with its own codes), got {rescore!r}"
+        )
+    if compact is None:
+        return None, None
+    if kind != "flat" or exact != "kernel":
+        raise InvalidInputError(
+            f"compact={compact!r} needs kind='flat' and exact='kernel', got {kind!r} / {exact!r}"
+        )
+    if device not in ("auto", "cpu"):
+        raise InvalidInputError(
+            f"compact={compact!r} indexes search on the CPU: device must be 'auto' or 'cpu', "
+            f"got {device!r}"
+        )
+    if compact == "int8":
+        return "int8", None
+    rescore = "int8" if rescore is None else rescore
+    if not isinstance(rescore, str) or rescore not in RESCORES:
+        raise InvalidInputError(f"rescore must be one of {RESCORES}, got {rescore!r}")
+    return "binary", rescore
+
+
+def _compact_options(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, Any]:
+    """VectorIndex keywords for a saved compact index (none for a float32 one)."""
+    if meta["format"] != FORMAT_COMPACT:
+        return {}
+    quantizer = None
+    if "int8_low" in arrays or "int8_high" in arrays:
+        quantizer = Int8Quantizer.from_state(arrays, {"kind": QUANTIZER_STATE})
+    return {
+        "compact": meta["compact"],
+        "rescore": meta["rescore"],
+        "oversample": meta["oversample"],
+        "calibrate_rows": meta["calibrate_rows"],
+        "quantizer": quantizer,
+    }
 
 
 def _params(params: Any) -> dict[str, Any]:

@@ -15,6 +15,10 @@ Thread safety: lookups run concurrently; `put`, `save` and `compact` are exclusi
 reader sees the state before or after one, never between (embengine._sync.RWLock; the
 disk writes happen outside the readers' lock). Between processes, writers take an flock on
 the directory's LOCK file, and an append first picks up segments another process added.
+
+Vectors stay float32 here, also for compact indexes: the store is a cache of what the model
+produced, returned bit for bit by `embed`; int8 codes and sign bits are lossy, belong to the
+index that fitted their ranges (VectorIndex(compact=...)), and are built from these vectors.
 """
 
 from __future__ import annotations
