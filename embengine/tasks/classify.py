@@ -363,7 +363,7 @@ class Classifier:
 
     def _oos(self, snap: _Snapshot, x: np.ndarray) -> np.ndarray:
         """The two scores' ranks among the examples' held-out scores, weighted (docstring)."""
-        neighbour_ref, head_ref, _ = self._oos_reference(snap)
+        neighbour_ref, head_ref, _, _ = self._oos_reference(snap)
         neighbour = self._neighbour_score(snap, x)
         head = -self._head_logits(snap, self._centred(snap, x), self.oos_head_c).max(axis=1)
         return self._combine(neighbour_ref, head_ref, neighbour, head)
@@ -386,22 +386,28 @@ class Classifier:
         if self.threshold_setting is None:
             return None
         if self.threshold_setting == "auto":
-            scores = self._oos_reference(snap)[2]
-            return float(np.quantile(scores, 1.0 - self.reject_rate))
+            key = f"auto_threshold:{self.oos_weight!r}:{self.reject_rate!r}"
+            return snap.derived(key, lambda: self._calibrate(snap))
         return float(self.threshold_setting)
 
-    def _oos_reference(self, snap: _Snapshot) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Sorted held-out neighbour and head scores of the examples, and their combined
-        `oos_score`s (what "auto" takes its quantile of); built once per snapshot."""
-        return snap.derived("oos_reference", lambda: self._build_reference(snap))
+    def _calibrate(self, snap: _Snapshot) -> float:
+        """The (1 - reject_rate) quantile of the examples' own held-out `oos_score`s."""
+        neighbour_ref, head_ref, neighbour, head = self._oos_reference(snap)
+        scores = self._combine(neighbour_ref, head_ref, neighbour, head)
+        return float(np.quantile(scores, 1.0 - self.reject_rate))
 
-    def _build_reference(self, snap: _Snapshot) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _oos_reference(self, snap: _Snapshot) -> tuple[np.ndarray, ...]:
+        """The examples' held-out neighbour and head scores, sorted and in example order;
+        built once per snapshot (and per `oos_head_c`)."""
+        key = f"oos_reference:{self.oos_head_c!r}"
+        return snap.derived(key, lambda: self._build_reference(snap))
+
+    def _build_reference(self, snap: _Snapshot) -> tuple[np.ndarray, ...]:
         if len(snap.vectors) < 2:
             raise InvalidInputError("the out-of-scope score needs at least 2 examples")
         neighbour = self._held_out_neighbour_scores(snap)
         head = self._held_out_head_scores(snap)
-        neighbour_ref, head_ref = np.sort(neighbour), np.sort(head)
-        return neighbour_ref, head_ref, self._combine(neighbour_ref, head_ref, neighbour, head)
+        return np.sort(neighbour), np.sort(head), neighbour, head
 
     def _held_out_neighbour_scores(self, snap: _Snapshot) -> np.ndarray:
         """Every example's neighbour score, leaving itself out."""
