@@ -274,6 +274,7 @@ def main() -> None:
     results["oos_published"] = out_of_scope(
         "banking77_oos files as published", x_train, y_train, x_in, y_in, x_out
     )
+    x_train, y_train = vectors(engine, args.data, "banking77", "train")
     x_test, y_test = vectors(engine, args.data, "banking77", "test")
     keep, out = ~np.isin(y_train, held), np.isin(y_test, held)
     results["oos_clean"] = out_of_scope(

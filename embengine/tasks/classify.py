@@ -121,13 +121,13 @@ class Classifier:
         knn_temperature: float = 0.05,
         centroid_temperature: float = 0.05,
         lda_temperature: float = 10.0,
-        head_c: float = 16.0,
+        head_c: float = 4.0,
         head_weight: float = 0.5,
         center: bool = True,
         threshold: float | str | None = None,
         reject_rate: float = 0.05,
         oos_k: int = 3,
-        oos_head_c: float = 1.0,
+        oos_head_c: float = 2.0,
         oos_weight: float = 0.4,
         unknown: str | int = "unknown",
     ) -> None:
@@ -183,9 +183,9 @@ class Classifier:
         mode: str = "auto",
         threshold: float | str | None = None,
         unknown: str | int = "unknown",
-        head_c: float = 16.0,
+        head_c: float = 4.0,
         head_weight: float = 0.5,
-        oos_head_c: float = 1.0,
+        oos_head_c: float = 2.0,
         oos_weight: float = 0.4,
     ) -> Classifier:
         """A classifier over your own (n, dim) unit rows, one label per row; no model needed
