@@ -338,3 +338,33 @@ def test_bad_input_is_refused_with_a_clear_error(engine, examples, rng):
     assert clf.predict([]) == []
     assert clf.predict_proba([]).shape == (0, 4)
     assert clf.oos_score([]).shape == (0,)
+
+
+def test_files_from_before_the_head_still_load(rng, tmp_path):
+    """Format-1 files (no head settings, oos_score on [0, 2]) load with today's defaults;
+    a numeric threshold on the old scale is refused rather than silently reinterpreted."""
+    from embengine.io import save_arrays
+
+    x, y = _clusters(rng)
+    meta = {
+        "kind": "classifier",
+        "model": None,
+        "labels": ["a", "b"],
+        "mode": "auto",
+        "k": 5,
+        "knn_temperature": 0.05,
+        "centroid_temperature": 0.05,
+        "lda_temperature": 10.0,
+        "center": True,
+        "threshold": "auto",
+        "reject_rate": 0.05,
+        "oos_k": 3,
+        "unknown": "unknown",
+    }
+    save_arrays(tmp_path / "old.emb", {"vectors": x, "label_ids": y.astype(np.int64)}, meta)
+    loaded = Classifier.load(tmp_path / "old.emb", engine=None)
+    assert loaded.predict_vectors(x[:1]) == ["a"]
+    assert (loaded.head_c, loaded.oos_weight) == (Classifier(None).head_c, 0.4)
+    save_arrays(tmp_path / "num.emb", {"vectors": x, "label_ids": y}, {**meta, "threshold": 1.5})
+    with pytest.raises(InvalidInputError, match="old out-of-scope scale"):
+        Classifier.load(tmp_path / "num.emb", engine=None)
