@@ -368,3 +368,14 @@ def test_files_from_before_the_head_still_load(rng, tmp_path):
     save_arrays(tmp_path / "num.emb", {"vectors": x, "label_ids": y}, {**meta, "threshold": 1.5})
     with pytest.raises(InvalidInputError, match="old out-of-scope scale"):
         Classifier.load(tmp_path / "num.emb", engine=None)
+
+
+def test_tiny_example_sets_predict(rng):
+    """One label with two examples made LDA's covariance singular (shrinkage 0)."""
+    x, _ = _clusters(rng)
+    clf = Classifier.from_vectors(x[:2], ["a", "a"], threshold="auto")
+    assert clf.predict_vectors(x[:2]) == ["a", "a"]
+    assert clf.predict_vectors(np.eye(16, dtype=np.float32)[5:6]) == ["unknown"]
+    with pytest.raises(InvalidInputError, match="at least 2 examples"):
+        Classifier.from_vectors(x[:1], ["a"], threshold="auto").predict_vectors(x[:1])
+    assert Classifier.from_vectors(x[:1], ["a"]).predict_vectors(x[:3]) == ["a"] * 3

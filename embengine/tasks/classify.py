@@ -559,7 +559,8 @@ def _lda_head(examples: np.ndarray, snap: _Snapshot) -> tuple[np.ndarray, np.nda
     if scale <= 1e-12:
         covariance = np.eye(dim)
     else:
-        shrink = ledoit_wolf_shrinkage(residuals)
+        # floored: with very few examples the formula can give 0 and a singular scatter
+        shrink = max(ledoit_wolf_shrinkage(residuals), 1e-6)
         covariance = (1 - shrink) * scatter + shrink * scale * np.eye(dim)
     weights = np.linalg.solve(covariance, means.T)  # (dim, labels)
     bias = -0.5 * np.einsum("cd,dc->c", means, weights)
