@@ -75,7 +75,7 @@ class _Snapshot:
         self.labels = labels
         self.vectors = vectors  # examples, plain unit rows
         self.label_ids = label_ids  # index into labels, per example
-        self._derived: dict[str, np.ndarray] = {}
+        self._derived: dict[str, Any] = {}
         self._lock = threading.RLock()  # builds each derived value once (builds nest)
 
     def derived(self, name: str, build: Callable[[], Any]) -> Any:
