@@ -185,11 +185,13 @@ def _add_classify(commands: argparse._SubParsersAction) -> None:
     classify.add_argument("--label-field", default="label", help="examples' field with the label")
     _add_input_options(classify)
     classify.add_argument(
-        "--mode", choices=["auto", "lda", "neighbours", "knn", "centroid"], default="auto"
+        "--mode",
+        choices=["auto", "logistic", "lda", "neighbours", "knn", "centroid"],
+        default="auto",
     )
     classify.add_argument(
         "--threshold",
-        help="open set: an out-of-scope score in [0, 2], or 'auto'; records scoring above it "
+        help="open set: an out-of-scope score in [0, 1], or 'auto'; records scoring above it "
         "get an empty label",
     )
     _add_output_options(classify, "predictions")

@@ -318,10 +318,14 @@ class Engine:
         knn_temperature: float = 0.05,
         centroid_temperature: float = 0.05,
         lda_temperature: float = 10.0,
+        head_c: float = 4.0,
+        head_weight: float = 0.5,
         center: bool = True,
         threshold: float | str | None = None,
         reject_rate: float = 0.05,
         oos_k: int = 3,
+        oos_head_c: float = 2.0,
+        oos_weight: float = 0.4,
         unknown: str | int = "unknown",
     ) -> Classifier:
         """A classifier from labelled examples (embengine.tasks.classify.Classifier)."""
@@ -335,10 +339,14 @@ class Engine:
             knn_temperature=knn_temperature,
             centroid_temperature=centroid_temperature,
             lda_temperature=lda_temperature,
+            head_c=head_c,
+            head_weight=head_weight,
             center=center,
             threshold=threshold,
             reject_rate=reject_rate,
             oos_k=oos_k,
+            oos_head_c=oos_head_c,
+            oos_weight=oos_weight,
             unknown=unknown,
         )
 

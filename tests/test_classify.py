@@ -10,7 +10,7 @@ import pytest
 from embengine.demo import bundled_tickets
 from embengine.errors import InvalidInputError, NotFoundError
 from embengine.io import CorruptFileError
-from embengine.tasks.classify import MODES, Classifier, ledoit_wolf_shrinkage
+from embengine.tasks.classify import MODES, Classifier, fit_softmax_head, ledoit_wolf_shrinkage
 
 
 def _tickets(split: str) -> dict[str, list[str]]:
@@ -123,7 +123,74 @@ def test_oos_score_ranks_planted_out_of_scope_vectors_first(rng):
     assert inside.shape == (16,)
     assert outside.min() > inside.max()
     assert inside.min() >= 0.0
-    assert outside.max() <= 2.0
+    assert outside.max() <= 1.0
+
+
+def _intents(rng, labels=10, per=20, dim=32, noise=0.35):
+    """Noisy clusters around random unit centres: in-scope examples and held-out queries
+    of the same labels, plus queries around 3 centres no label has (out of scope)."""
+    centres = rng.standard_normal((labels + 3, dim))
+
+    def around(c, n):
+        x = centres[c] / np.linalg.norm(centres[c]) + noise * rng.standard_normal((n, dim)) / 5
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    x = np.concatenate([around(c, per) for c in range(labels)])
+    y = np.repeat(np.arange(labels), per)
+    queries = np.concatenate([around(c, 5) for c in range(labels)])
+    out = np.concatenate([around(c, 10) for c in range(labels, labels + 3)])
+    return x, y, queries, np.repeat(np.arange(labels), 5), out
+
+
+def test_oos_score_ranks_planted_out_of_scope_queries_above_in_scope_ones(rng):
+    x, y, queries, query_labels, out = _intents(rng)
+    clf = Classifier.from_vectors(x, [int(v) for v in y], threshold="auto")
+    inside, outside = clf.oos_score_vectors(queries), clf.oos_score_vectors(out)
+    auroc = np.mean(outside[:, None] > inside[None, :])
+    assert auroc >= 0.95, auroc
+    predicted = clf.predict_vectors(np.concatenate([queries, out]))
+    refused = np.array([p == "unknown" for p in predicted])
+    assert refused[len(queries) :].mean() >= 0.8  # most planted out-of-scope refused
+    assert refused[: len(queries)].mean() <= 0.2  # ~reject_rate of in-scope ones
+    pairs = zip(predicted[: len(queries)], query_labels.tolist(), strict=True)
+    assert np.mean([p == label for p, label in pairs if p != "unknown"]) >= 0.9
+
+
+def test_a_text_scores_the_same_alone_or_in_any_batch(rng):
+    x, y, queries, _, out = _intents(rng)
+    clf = Classifier.from_vectors(x, [int(v) for v in y], threshold="auto")
+    batch = np.concatenate([queries, out])
+    together = clf.oos_score_vectors(batch)
+    alone = np.concatenate([clf.oos_score_vectors(row[None]) for row in batch])
+    np.testing.assert_allclose(together, alone, atol=1e-4)  # float32 rounding only
+    np.testing.assert_allclose(clf.oos_score_vectors(batch[::-1]), together[::-1], atol=1e-4)
+    assert clf.predict_vectors(batch[:3]) == clf.predict_vectors(batch)[:3]
+
+
+@pytest.mark.parametrize("mode", ["auto", "logistic"])
+def test_the_head_refits_after_add_and_remove(rng, mode):
+    x, y, queries, query_labels, _ = _intents(rng, labels=11)
+    old, asked = y < 10, queries[query_labels == 10]
+    clf = Classifier.from_vectors(x[old], [int(v) for v in y[old]], mode=mode, threshold="auto")
+    assert clf.predict_vectors(asked) == ["unknown"] * 5
+    clf.add_vectors(10, x[~old])  # a new class is new examples: no explicit refit
+    assert clf.predict_vectors(asked) == [10] * 5
+    clf.remove_label(10)
+    assert clf.predict_vectors(asked) == ["unknown"] * 5
+
+
+def test_softmax_head_fits_the_regularised_logistic_regression(rng):
+    x, y, _, _, _ = _intents(rng, labels=4, per=30, dim=8, noise=2.0)
+    weights, bias = fit_softmax_head(x, y, 4, 1.0)
+    assert weights.shape == (8, 4)
+    assert bias.shape == (4,)
+    again = fit_softmax_head(x, y, 4, 1.0)
+    np.testing.assert_array_equal(weights, again[0])  # deterministic
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    reference = sklearn.LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(x, y)
+    ours = x @ weights + bias
+    theirs = reference.decision_function(x)
+    np.testing.assert_allclose(ours - ours.mean(1, keepdims=True), theirs, atol=2e-3)
 
 
 def test_oos_score_ranks_off_topic_texts_above_tickets(engine, examples):
@@ -145,14 +212,14 @@ def test_open_set_refuses_with_a_named_label_never_none(rng):
     clf = Classifier(_Dim16(), threshold="auto", reject_rate=0.05, unknown="other")
     clf.add_vectors("a", x[y == 0])
     clf.add_vectors("b", x[y == 1])
-    assert 0.0 < clf.threshold < 0.1  # tight clusters: leave-one-out scores are small
+    assert 0.5 < clf.threshold < 1.0  # a rank among held-out example scores
     far = np.eye(16, dtype=np.float32)[5:6]
     assert clf.predict_vectors(np.concatenate([x[:1], far])) == ["a", "other"]
     default = Classifier.from_vectors(x, list(y), threshold="auto")
     predicted = default.predict_vectors(np.concatenate([x, far]))
     assert None not in predicted
     assert predicted[-1] == "unknown"
-    keep_all = Classifier.from_vectors(x[y == 0], [0] * 8, threshold=2.0)
+    keep_all = Classifier.from_vectors(x[y == 0], [0] * 8, threshold=1.0)
     assert keep_all.predict_vectors(far) == [0]
     closed = Classifier.from_vectors(x[y == 0], [0] * 8)
     assert closed.threshold is None
@@ -249,9 +316,14 @@ def test_bad_input_is_refused_with_a_clear_error(engine, examples, rng):
         engine.classifier(examples, mode="svm")
     with pytest.raises(InvalidInputError, match="no examples"):
         engine.classifier().predict(["anything"])
-    for bad in (float("nan"), 5.0, -0.1, "high"):
+    for bad in (float("nan"), 1.5, -0.1, "high"):
         with pytest.raises(InvalidInputError, match="threshold"):
             engine.classifier(examples, threshold=bad)
+    for name, bad in (("head_c", 0.0), ("oos_head_c", float("inf")), ("head_weight", 1.5)):
+        with pytest.raises(InvalidInputError, match=name):
+            Classifier(None, **{name: bad})
+    with pytest.raises(InvalidInputError, match="oos_weight"):
+        Classifier(None, oos_weight=True)
     with pytest.raises(InvalidInputError, match="centroid_temperature"):
         engine.classifier(examples, centroid_temperature=float("nan"))
     with pytest.raises(InvalidInputError, match="reject_rate"):
@@ -266,3 +338,44 @@ def test_bad_input_is_refused_with_a_clear_error(engine, examples, rng):
     assert clf.predict([]) == []
     assert clf.predict_proba([]).shape == (0, 4)
     assert clf.oos_score([]).shape == (0,)
+
+
+def test_files_from_before_the_head_still_load(rng, tmp_path):
+    """Format-1 files (no head settings, oos_score on [0, 2]) load with today's defaults;
+    a numeric threshold on the old scale is refused rather than silently reinterpreted."""
+    from embengine.io import save_arrays
+
+    x, y = _clusters(rng)
+    meta = {
+        "kind": "classifier",
+        "model": None,
+        "labels": ["a", "b"],
+        "mode": "auto",
+        "k": 5,
+        "knn_temperature": 0.05,
+        "centroid_temperature": 0.05,
+        "lda_temperature": 10.0,
+        "center": True,
+        "threshold": "auto",
+        "reject_rate": 0.05,
+        "oos_k": 3,
+        "unknown": "unknown",
+    }
+    save_arrays(tmp_path / "old.emb", {"vectors": x, "label_ids": y.astype(np.int64)}, meta)
+    loaded = Classifier.load(tmp_path / "old.emb", engine=None)
+    assert loaded.predict_vectors(x[:1]) == ["a"]
+    assert (loaded.head_c, loaded.oos_weight) == (Classifier(None).head_c, 0.4)
+    save_arrays(tmp_path / "num.emb", {"vectors": x, "label_ids": y}, {**meta, "threshold": 1.5})
+    with pytest.raises(InvalidInputError, match="old out-of-scope scale"):
+        Classifier.load(tmp_path / "num.emb", engine=None)
+
+
+def test_tiny_example_sets_predict(rng):
+    """One label with two examples made LDA's covariance singular (shrinkage 0)."""
+    x, _ = _clusters(rng)
+    clf = Classifier.from_vectors(x[:2], ["a", "a"], threshold="auto")
+    assert clf.predict_vectors(x[:2]) == ["a", "a"]
+    assert clf.predict_vectors(np.eye(16, dtype=np.float32)[5:6]) == ["unknown"]
+    with pytest.raises(InvalidInputError, match="at least 2 examples"):
+        Classifier.from_vectors(x[:1], ["a"], threshold="auto").predict_vectors(x[:1])
+    assert Classifier.from_vectors(x[:1], ["a"]).predict_vectors(x[:3]) == ["a"] * 3
