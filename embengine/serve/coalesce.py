@@ -285,6 +285,13 @@ class Coalescer:
             overhead_tokens=getattr(replica, "batch_overhead_tokens", None),
             sizes=np.array([len(r.texts) for r in taken], dtype=np.int64),
         )
+        # Fewer batches than idle replicas: halve the largest until every idle replica
+        # has one (latency: two half batches side by side end sooner than one whole).
+        idle = len(self.replicas) - self._busy
+        while len(groups) < idle and max(len(g) for g in groups) > 1:
+            largest = max(range(len(groups)), key=lambda i: len(groups[i]))
+            group = groups.pop(largest)
+            groups[largest:largest] = [group[: len(group) // 2], group[len(group) // 2 :]]
         # taken is oldest first, so a group's smallest index is its oldest request
         for group in sorted(groups, key=lambda g: int(g.min())):
             self._planned.append([taken[i] for i in sorted(group.tolist())])
