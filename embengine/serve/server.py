@@ -13,6 +13,7 @@ workers take work from one queue.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import socket
 import sys
@@ -230,4 +231,7 @@ def serve(args: Any) -> None:
         flush=True,
     )
     sys.setswitchinterval(SERVE_SWITCH_INTERVAL_S)  # this process is the server's own
+    # Models, index and imports are loaded for good: keep them out of the collector's full
+    # passes (one took 22 ms, a stall for every request in flight, at half of saturation).
+    gc.freeze()
     uvicorn_server(app, args.host, args.port, log_level="error" if args.quiet else "info").run()
