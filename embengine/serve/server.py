@@ -25,13 +25,14 @@ from typing import TYPE_CHECKING, Any
 
 from embengine.errors import InvalidInputError
 
-# Texts per encoder batch for CPU replicas. A served batch is a gather of whatever arrived,
-# in random lengths, so large batches pad much: on STS-B sentences, a 32-text request run
-# as one batch computes 2.39x its real tokens, as batches of 8 1.26x (a 128-text gather:
-# 1.35x vs 1.07x; the offline default of 32 sees sorted 1,024-text chunks: 1.03x).
-# Measured (benchmarks/bench_serve.py notes, shared 2-core CPU): 32-text calls 1.5x more
-# texts per CPU-second with batches of 8 than of 32; 256-text calls 0.9x.
-SERVE_CPU_MAX_BATCH_SIZE = 8
+# Most texts per encoder batch for CPU replicas. A served batch is a gather of whatever
+# arrived, in random lengths; the length-aware planner (batching.plan_batches) cuts it
+# where padding costs more than another batch, so the cap only bounds how long one batch
+# holds a core. Measured (bench_serve.py exploration, 2-core CPU, 3 repeats): 16 gave
+# 64 single-text clients 375-390 texts/s against 332-367 with 8, p99/p50 at half of
+# saturation 2.8x either way (medians). Before the planner, fixed batches of 8 beat 32
+# by 1.5x texts per CPU second on 32-text calls (padding 1.26x vs 2.39x real tokens).
+SERVE_CPU_MAX_BATCH_SIZE = 16
 # CPU replicas do not wait for company (coalesce max_wait_ms): a lone text in a batch of
 # its own costs ~1.4x the compute of one in a full batch, but at half of saturation
 # waiting 2 ms raised p50 from 13-16 to 17 ms with the same throughput at saturation;
