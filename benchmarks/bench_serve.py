@@ -251,7 +251,7 @@ def main() -> None:
         type=int,
         default=2000,
         help="requests per repeat of the half-saturation test (default 2000: p99 is the 20th "
-        "slowest)",
+        "slowest; 0: skip it)",
     )
     parser.add_argument("--infinity", help="the infinity_emb executable (skipped when absent)")
     parser.add_argument("--infinity-engine", default="torch", help="torch (default) or optimum")
@@ -374,7 +374,7 @@ def run(
         for key, by_name in results.items()
     }
     half: dict[str, dict[str, Any]] = {}
-    for repeat in range(args.repeats if "64x1" in table else 0):
+    for repeat in range(args.repeats if "64x1" in table and args.half_requests > 0 else 0):
         for name, (_, port, _) in servers.items():
             rate = table["64x1"][name]["texts_per_s"] / 2
             name_model = model if name != "infinity-emb" else "minilm"
