@@ -50,22 +50,97 @@ class TextTokenizer:
         )
 
 
-def plan_batches(lengths: np.ndarray, batch_tokens: int, max_batch_size: int) -> list[np.ndarray]:
+def plan_batches(
+    lengths: np.ndarray,
+    batch_tokens: int,
+    max_batch_size: int,
+    *,
+    overhead_tokens: float | None = None,
+    sizes: np.ndarray | None = None,
+) -> list[np.ndarray]:
     """Group text indices into batches, longest first, each within the padded-token budget.
 
-    A text longer than the budget still gets a batch of its own.
+    A text longer than the budget still gets a batch of its own. With `overhead_tokens`
+    (the encoder's fixed cost of one batch, in tokens' worth of compute) the cuts are
+    length-aware: among all ways to cut the length-sorted texts into batches within the
+    limits, the one with the least cost, counted as overhead per batch plus padded tokens
+    (batch x its longest). Texts of very different lengths then land in different
+    batches (a short text joins a long one's batch only when padding it costs less than
+    a batch of its own), and texts of alike length fill whole batches. Without it, every
+    batch is as large as the limits allow. `sizes`: the texts each entry stands for (the
+    coalescer plans whole requests; `lengths` is then each request's longest text).
     """
     if batch_tokens < 1 or max_batch_size < 1:
         raise ValueError("batch_tokens and max_batch_size must be positive")
     order = np.argsort(-lengths, kind="stable")
-    batches: list[np.ndarray] = []
-    start = 0
-    while start < len(order):
-        longest = int(lengths[order[start]])  # sorted: the first text is the longest
-        size = max(1, min(max_batch_size, batch_tokens // max(longest, 1)))
-        batches.append(order[start : start + size])
-        start += size
-    return batches
+    if overhead_tokens is None and sizes is None:  # the common case, vectorised
+        batches: list[np.ndarray] = []
+        start = 0
+        while start < len(order):
+            longest = int(lengths[order[start]])  # sorted: the first text is the longest
+            size = max(1, min(max_batch_size, batch_tokens // max(longest, 1)))
+            batches.append(order[start : start + size])
+            start += size
+        return batches
+    longest = [int(x) for x in lengths[order]]
+    counts = [1] * len(order) if sizes is None else [int(x) for x in sizes[order]]
+    if overhead_tokens is None:
+        cuts = _fullest_cuts(longest, counts, batch_tokens, max_batch_size)
+    else:
+        cuts = _cheapest_cuts(longest, counts, batch_tokens, max_batch_size, overhead_tokens)
+    return [order[i:j] for i, j in cuts]
+
+
+def _fits(texts: int, longest: int, batch_tokens: int, max_batch_size: int) -> bool:
+    return texts <= max_batch_size and texts * longest <= batch_tokens
+
+
+def _fullest_cuts(
+    longest: list[int], counts: list[int], batch_tokens: int, max_batch_size: int
+) -> list[tuple[int, int]]:
+    """(start, end) ranges of the sorted entries, each batch filled as far as the limits
+    allow (an entry over them alone)."""
+    cuts, start = [], 0
+    while start < len(longest):
+        end, texts = start + 1, counts[start]
+        while end < len(longest) and _fits(
+            texts + counts[end], longest[start], batch_tokens, max_batch_size
+        ):
+            texts += counts[end]
+            end += 1
+        cuts.append((start, end))
+        start = end
+    return cuts
+
+
+def _cheapest_cuts(
+    longest: list[int],
+    counts: list[int],
+    batch_tokens: int,
+    max_batch_size: int,
+    overhead_tokens: float,
+) -> list[tuple[int, int]]:
+    """(start, end) ranges of the sorted entries minimising the sum over batches of
+    overhead + texts x longest: a dynamic programme, O(entries x max_batch_size)."""
+    total = [0]
+    for c in counts:
+        total.append(total[-1] + c)
+    best = [0.0] + [float("inf")] * len(longest)
+    cut = [0] * (len(longest) + 1)
+    for end in range(1, len(longest) + 1):
+        for start in range(end - 1, -1, -1):
+            texts = total[end] - total[start]
+            # texts and longest[start] only grow as start moves left: once over, stop
+            if start < end - 1 and not _fits(texts, longest[start], batch_tokens, max_batch_size):
+                break
+            cost = best[start] + overhead_tokens + texts * longest[start]
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    cuts, end = [], len(longest)
+    while end > 0:
+        cuts.append((cut[end], end))
+        end = cut[end]
+    return cuts[::-1]
 
 
 def pad(ids: list[list[int]], indices: np.ndarray, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -110,10 +185,12 @@ def stream_batches(
     batch_tokens: int,
     max_batch_size: int,
     chunk_texts: int | None = None,
+    overhead_tokens: float | None = None,
 ) -> Iterator[Chunk]:
     """Chunks of padded, length-sorted batches, the next one prepared while this one is used.
 
-    `chunk_texts` defaults to CHUNK_TEXTS.
+    `chunk_texts` defaults to CHUNK_TEXTS; `overhead_tokens` makes the cuts length-aware
+    (see plan_batches).
     """
     chunk_texts = CHUNK_TEXTS if chunk_texts is None else chunk_texts
     if chunk_texts < 1:
@@ -126,7 +203,9 @@ def stream_batches(
             tokens=int(tokenized.lengths.sum()),
             truncated=tokenized.truncated,
         )
-        for indices in plan_batches(tokenized.lengths, batch_tokens, max_batch_size):
+        for indices in plan_batches(
+            tokenized.lengths, batch_tokens, max_batch_size, overhead_tokens=overhead_tokens
+        ):
             input_ids, mask = pad(tokenized.ids, indices, tokenizer.pad_id)
             chunk.batches.append(Batch(indices + start, input_ids, mask))
         return chunk

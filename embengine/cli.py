@@ -299,7 +299,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-queue", type=int, help="queued texts past which requests get 429")
     serve.add_argument("--max-body-bytes", type=int, help="request bodies past this get 413")
     serve.add_argument(
-        "--max-batch-size", type=int, help="texts per encoder batch (default: 8 on the CPU)"
+        "--max-batch-size", type=int, help="most texts per encoder batch (default: 16 on the CPU)"
     )
     _add_engine_options(serve)
 

@@ -83,8 +83,39 @@ def test_concurrent_requests_share_batches_and_get_their_own_rows(
         ]
     )
     np.testing.assert_allclose(got, want, rtol=0, atol=ATOL)
-    assert len(gated.calls) <= 3, f"requests were not gathered: {gated.calls}"
-    assert max(gated.calls) > 8
+    assert sum(gated.calls) == 1 + sum(len(g) for g in groups)
+    # 16 queued requests of 2 texts: batches cut by length, several requests per batch
+    assert len(gated.calls) - 1 < len(groups), f"requests were not gathered: {gated.calls}"
+    assert max(gated.calls) > 2
+    assert coalescer.close(10)
+
+
+def test_a_plan_is_cut_by_length_and_each_batch_is_answered_when_it_ends(
+    engine: Engine, gated: Callable[..., Any]
+) -> None:
+    gated = gated()
+    started: list[list[bool]] = []  # at each encoder call: which requests were answered
+    futures: list[Any] = []
+    embed = gated.embed_with_stats
+
+    def recording(texts: list[str], *, progress: bool = False) -> Any:
+        started.append([f.done() for f in futures])
+        return embed(texts)
+
+    gated.embed_with_stats = recording
+    coalescer = Coalescer([gated], max_wait_ms=0)
+    holder = coalescer.submit(["hold the encoder"])
+    assert gated.entered.wait(10)
+    short = ["refund please"] * 3
+    long = [" ".join(["invoice error in the billing system"] * 12)] * 3
+    futures.extend(coalescer.submit([t]) for t in [*short, *long])
+    gated.gate.set()
+    holder.result(10)
+    rows = np.vstack([f.result(10)[0] for f in futures])
+    np.testing.assert_allclose(rows, engine.embed([*short, *long]), rtol=0, atol=ATOL)
+    # the first request's batch, then the short texts (queued first), then the long ones
+    assert gated.calls == [1, 3, 3]
+    assert started[2] == [True] * 3 + [False] * 3, "short texts answered before long ran"
     assert coalescer.close(10)
 
 

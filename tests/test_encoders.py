@@ -11,6 +11,7 @@ GPU (skipped without one): onnx fp32 0.9999, onnx fp16 0.999.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 
 from embengine import Engine
-from embengine.batching import TextTokenizer, stream_batches
+from embengine.batching import TextTokenizer, plan_batches, stream_batches
 from embengine.device import Device
 from embengine.encoders.onnx_backend import OnnxEncoder, ort_distribution
 from embengine.io import load_arrays
@@ -113,6 +114,43 @@ def test_stream_batches_cover_every_text_once_within_budget(
         np.testing.assert_array_equal(batch.attention_mask.sum(axis=1), lengths[batch.indices])
     assert sum(c.tokens for c in chunks) == int(lengths.sum())
     assert sum(c.truncated for c in chunks) == 1  # the one over-long golden text
+
+
+def test_length_aware_plan_is_the_cheapest_cut_within_the_limits() -> None:
+    def cost(batches: list[np.ndarray], lengths: np.ndarray, sizes: np.ndarray) -> float:
+        return sum(8.0 + sizes[b].sum() * lengths[b].max() for b in batches)
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 9))
+        lengths, sizes = rng.integers(1, 120, n), rng.integers(1, 4, n)
+        max_size, budget = int(rng.integers(1, 12)), int(rng.integers(40, 600))
+        plan = plan_batches(lengths, budget, max_size, overhead_tokens=8.0, sizes=sizes)
+        np.testing.assert_array_equal(np.sort(np.concatenate(plan)), np.arange(n))
+        for b in plan:  # an entry over the limits runs alone
+            texts = sizes[b].sum()
+            assert len(b) == 1 or (texts <= max_size and texts * lengths[b].max() <= budget)
+        # brute force: every cut of the length-sorted order that keeps the limits
+        order = np.argsort(-lengths, kind="stable")
+        best = float("inf")
+        for mask in range(2 ** (n - 1)):
+            bounds = [0, *(i + 1 for i in range(n - 1) if mask >> i & 1), n]
+            cut = [order[a:z] for a, z in itertools.pairwise(bounds)]
+            if all(
+                len(b) == 1
+                or (sizes[b].sum() <= max_size and sizes[b].sum() * lengths[b].max() <= budget)
+                for b in cut
+            ):
+                best = min(best, cost(cut, lengths, sizes))
+        assert cost(plan, lengths, sizes) == pytest.approx(best)
+    # alike lengths share a batch, very different ones do not; without an overhead every
+    # batch is as full as the limits allow
+    lengths = np.array([100, 5, 99, 6])
+    assert [b.tolist() for b in plan_batches(lengths, 2048, 8, overhead_tokens=8.0)] == [
+        [0, 2],
+        [3, 1],
+    ]
+    assert [b.tolist() for b in plan_batches(lengths, 2048, 8)] == [[0, 2, 3, 1]]
 
 
 def test_auto_picks_onnx_on_cpu_and_says_why(engine: Engine) -> None:

@@ -1,13 +1,15 @@
 """Request coalescing: many small concurrent `embed` calls become a few token-budget batches.
 
 A service that embeds one text per request pays the encoder's whole per-batch cost for
-every text. The Coalescer queues requests from any thread or asyncio task; each worker
-(one or more per engine) takes the oldest request and everything queued behind it up to a
-budget of texts and tokens, and runs them as one `embed` call, whose own batcher sorts by
-length and packs batches. Each caller gets back exactly its own rows. While another
-worker is running a batch, a worker waits at most `max_wait_ms` (from the oldest
-request's arrival) for company; with every worker idle it starts at once, so a lone
-caller pays nothing, and under load batches form from what arrived during the last one.
+every text. The Coalescer queues requests from any thread or asyncio task. A free worker
+(one or more per engine) plans everything queued, up to a budget of texts and tokens:
+requests sorted by length and cut into encoder batches where padding would cost more
+than a batch of its own (batching.plan_batches), the batches ordered by their oldest
+request. Every worker takes the next planned batch, so all replicas (e.g. one per CPU
+core) stay busy on one plan, and each batch is one `embed` call whose requests are
+answered as soon as it ends, not when the whole plan does. A worker that finds the queue
+nearly empty while another runs a batch waits at most `max_wait_ms` (from the oldest
+request's arrival) for company; with no other batch running it starts at once.
 
 The queue is bounded in texts: a request that would overflow it raises OverloadedError at
 once (HTTP 429) instead of waiting behind an unbounded backlog.
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from embengine.batching import plan_batches
 from embengine.engine import EmbedStats
 from embengine.errors import InvalidInputError, OverloadedError
 from embengine.validation import check_texts
@@ -37,7 +40,7 @@ if TYPE_CHECKING:
 
 # Defaults, measured with benchmarks/bench_serve.py on the 2-core CPU (docs/serving.md).
 MAX_WAIT_MS = 2.0  # the most a request waits for company while another batch runs
-# A gathered call holds up to max(GATHER_TEXTS, 4 x the engine's max_batch_size) texts and
+# One plan holds up to max(GATHER_TEXTS, 4 x the engine's max_batch_size) texts and
 # max(GATHER_TOKENS, 4 x its batch_tokens) real tokens: enough to sort by length well.
 GATHER_TEXTS = 128
 GATHER_TOKENS = 8192
@@ -50,6 +53,7 @@ class Replica(Protocol):
 
     batch_tokens: int
     max_batch_size: int
+    batch_overhead_tokens: float | None
 
     @property
     def tokenizer(self) -> Callable[[Sequence[str]], Tokenized]: ...
@@ -73,6 +77,7 @@ class BatchObserver(Protocol):
 class _Request:
     texts: list[str]
     tokens: int
+    longest: int  # tokens of its longest text (the padding it forces on a batch)
     truncated: int
     enqueued: float
     future: Future
@@ -117,7 +122,8 @@ class Coalescer:
         self._on_worker_start = on_worker_start
         self._cond = threading.Condition(threading.Lock())
         self._queue: deque[_Request] = deque()
-        self._queued_texts = 0
+        self._planned: deque[list[_Request]] = deque()  # batches planned, not yet running
+        self._queued_texts = 0  # in _queue and _planned
         self._queued_tokens = 0
         self._busy = 0  # workers running a batch
         self._closing = False
@@ -136,13 +142,19 @@ class Coalescer:
             future.set_result((np.zeros((0, self.dim), dtype=np.float32), _stats(0, 0, 0, 0.0)))
             return future
         tokenized = self.replicas[0].tokenizer(items)  # outside the lock: callers in parallel
+        lengths = tokenized.lengths
         request = _Request(
-            items, int(tokenized.lengths.sum()), tokenized.truncated, time.perf_counter(), future
+            items,
+            int(lengths.sum()),
+            int(lengths.max()),
+            tokenized.truncated,
+            time.perf_counter(),
+            future,
         )
         with self._cond:
             if self._closing:
                 raise OverloadedError("the embedding queue is shutting down")
-            if self._queue and self._queued_texts + len(items) > self.max_queue_texts:
+            if self._queued_texts and self._queued_texts + len(items) > self.max_queue_texts:
                 if self.observer is not None:
                     self.observer.on_error("overloaded")
                 raise OverloadedError(
@@ -175,7 +187,7 @@ class Coalescer:
 
     @property
     def queue_requests(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + sum(len(batch) for batch in self._planned)
 
     @property
     def busy(self) -> int:
@@ -220,6 +232,14 @@ class Coalescer:
         """The next requests to run together, or None when this worker should end."""
         with self._cond:
             while True:
+                if self._planned:
+                    batch = self._planned.popleft()
+                    self._queued_texts -= sum(len(r.texts) for r in batch)
+                    self._queued_tokens -= sum(r.tokens for r in batch)
+                    self._busy += 1
+                    if self._planned or self._queue:
+                        self._cond.notify()  # the rest is for another replica
+                    return batch
                 if not self._queue:
                     if self._closing:
                         self._workers[slot] = None
@@ -229,32 +249,52 @@ class Coalescer:
                         return None
                     continue
                 left = self._queue[0].enqueued + self.max_wait - time.perf_counter()
-                full = (
-                    self._queued_texts >= self.batch_texts
-                    or self._queued_tokens >= self.batch_tokens
-                )
-                # Wait for company only while another batch runs: an idle encoder starts at
-                # once, and requests arriving meanwhile form the next, larger batch.
-                if left > 0 and not full and self._busy and not self._closing:
+                # Wait for company only while another batch runs and less than one batch
+                # is queued: an idle encoder starts at once, and requests arriving
+                # meanwhile form the next, larger batch.
+                if left > 0 and self._busy and not self._closing and not self._one_batch():
                     self._cond.wait(left)
                     continue  # another worker may have taken the requests meanwhile
-                batch = [self._queue.popleft()]  # a request over budget runs alone
-                texts, tokens = len(batch[0].texts), batch[0].tokens
-                while self._queue:
-                    nxt = self._queue[0]
-                    if (
-                        texts + len(nxt.texts) > self.batch_texts
-                        or tokens + nxt.tokens > self.batch_tokens
-                    ):
-                        break
-                    batch.append(self._queue.popleft())
-                    texts, tokens = texts + len(nxt.texts), tokens + nxt.tokens
-                self._queued_texts -= texts
-                self._queued_tokens -= tokens
-                self._busy += 1
-                if self._queue:
-                    self._cond.notify()  # the rest is for another replica
-                return batch
+                self._plan()
+
+    def _one_batch(self) -> bool:
+        """Does the queue hold a whole encoder batch? (holding the lock, nothing planned)"""
+        replica = self.replicas[0]
+        return (
+            self._queued_texts >= replica.max_batch_size
+            or self._queued_tokens >= replica.batch_tokens
+        )
+
+    def _plan(self) -> None:
+        """Move the oldest queued requests, up to one plan's budget, into planned batches
+        (called holding the lock): sorted by length, cut where padding costs more than a
+        batch (plan_batches), run oldest request first."""
+        taken = [self._queue.popleft()]  # a request over budget is planned alone
+        texts, tokens = len(taken[0].texts), taken[0].tokens
+        while self._queue:
+            nxt = self._queue[0]
+            if texts + len(nxt.texts) > self.batch_texts or tokens + nxt.tokens > self.batch_tokens:
+                break
+            taken.append(self._queue.popleft())
+            texts, tokens = texts + len(nxt.texts), tokens + nxt.tokens
+        replica = self.replicas[0]
+        groups = plan_batches(
+            np.array([r.longest for r in taken], dtype=np.int64),
+            replica.batch_tokens,
+            replica.max_batch_size,
+            overhead_tokens=getattr(replica, "batch_overhead_tokens", None),
+            sizes=np.array([len(r.texts) for r in taken], dtype=np.int64),
+        )
+        # Fewer batches than idle replicas: halve the largest until every idle replica
+        # has one (latency: two half batches side by side end sooner than one whole).
+        idle = len(self.replicas) - self._busy
+        while len(groups) < idle and max(len(g) for g in groups) > 1:
+            largest = max(range(len(groups)), key=lambda i: len(groups[i]))
+            group = groups.pop(largest)
+            groups[largest:largest] = [group[: len(group) // 2], group[len(group) // 2 :]]
+        # taken is oldest first, so a group's smallest index is its oldest request
+        for group in sorted(groups, key=lambda g: int(g.min())):
+            self._planned.append([taken[i] for i in sorted(group.tolist())])
 
     def _run(self, replica: Replica, batch: list[_Request]) -> None:
         """One embed call for the whole batch; each request's future gets its own rows."""

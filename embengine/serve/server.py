@@ -13,8 +13,10 @@ workers take work from one queue.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,13 +25,24 @@ from typing import TYPE_CHECKING, Any
 
 from embengine.errors import InvalidInputError
 
-# Texts per encoder batch for CPU replicas. A served batch is a gather of whatever arrived,
-# in random lengths, so large batches pad much: on STS-B sentences, a 32-text request run
-# as one batch computes 2.39x its real tokens, as batches of 8 1.26x (a 128-text gather:
-# 1.35x vs 1.07x; the offline default of 32 sees sorted 1,024-text chunks: 1.03x).
-# Measured (benchmarks/bench_serve.py notes, shared 2-core CPU): 32-text calls 1.5x more
-# texts per CPU-second with batches of 8 than of 32; 256-text calls 0.9x.
-SERVE_CPU_MAX_BATCH_SIZE = 8
+# Most texts per encoder batch for CPU replicas. A served batch is a gather of whatever
+# arrived, in random lengths; the length-aware planner (batching.plan_batches) cuts it
+# where padding costs more than another batch, so the cap only bounds how long one batch
+# holds a core. Measured (bench_serve.py exploration, 2-core CPU, 3 repeats): 16 gave
+# 64 single-text clients 375-390 texts/s against 332-367 with 8, p99/p50 at half of
+# saturation 2.8x either way (medians). Before the planner, fixed batches of 8 beat 32
+# by 1.5x texts per CPU second on 32-text calls (padding 1.26x vs 2.39x real tokens).
+SERVE_CPU_MAX_BATCH_SIZE = 16
+# CPU replicas do not wait for company (coalesce max_wait_ms): a lone text in a batch of
+# its own costs ~1.4x the compute of one in a full batch, but at half of saturation
+# waiting 2 ms raised p50 from 13-16 to 17 ms with the same throughput at saturation;
+# under load the queue fills batches without waiting.
+SERVE_CPU_MAX_WAIT_MS = 0.0
+# The interpreter's GIL switch interval under `serve` (default 5 ms): an encoder thread
+# waking to take a request, or the event loop waking to answer one, waits up to this long
+# while another thread runs Python. 0.5 ms: at half of saturation, queue wait p50 1.1 ->
+# 0.4 ms, request p50 14.2 -> 11.5 ms and p99 50 -> 38 ms (2-core CPU, one run each).
+SERVE_SWITCH_INTERVAL_S = 0.0005
 
 if TYPE_CHECKING:
     import uvicorn
@@ -200,6 +213,8 @@ def serve(args: Any) -> None:
     if args.classifier:
         classifier = load_classifier(args.classifier, engines[0])
     options = ServeOptions(coalesce=not args.no_coalesce)
+    if all(e.encoder.device.value == "cpu" for e in engines):
+        options.max_wait_ms = SERVE_CPU_MAX_WAIT_MS
     for flag, field in (
         ("max_wait_ms", "max_wait_ms"),
         ("max_queue", "max_queue_texts"),
@@ -216,4 +231,8 @@ def serve(args: Any) -> None:
         f"coalesce={options.coalesce}, http://{args.host}:{args.port}",
         flush=True,
     )
+    sys.setswitchinterval(SERVE_SWITCH_INTERVAL_S)  # this process is the server's own
+    # Models, index and imports are loaded for good: keep them out of the collector's full
+    # passes (one took 22 ms, a stall for every request in flight, at half of saturation).
+    gc.freeze()
     uvicorn_server(app, args.host, args.port, log_level="error" if args.quiet else "info").run()
