@@ -526,8 +526,8 @@ def lexical_scores(
     return out.astype(np.float32)
 
 
-def numbers(text: str) -> set[str]:
-    """The tokens of a text that carry a digit, `NUMBER_MIN_CHARS`+ characters long.
+def numbers(text: str, min_chars: int = NUMBER_MIN_CHARS) -> set[str]:
+    """The tokens of a text that carry a digit, `min_chars`+ characters long.
 
     Model numbers, years, versions and capacities ("PS-LX350H" -> "pslx350h", "1999",
     "500gb"): case and inner punctuation are dropped, and a letters-only token followed by
@@ -539,7 +539,7 @@ def numbers(text: str) -> set[str]:
     for prefix, code in itertools.pairwise(tokens):
         if prefix.isalpha() and _has_digit(code) and not code.isdigit():
             found.add(prefix + code)
-    return {t for t in found if len(t) >= NUMBER_MIN_CHARS}
+    return {t for t in found if len(t) >= min_chars}
 
 
 def _has_digit(token: str) -> bool:
