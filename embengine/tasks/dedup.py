@@ -612,12 +612,15 @@ def _greedy_one_to_one(pairs: Pairs) -> Pairs:
     taken_left: set[int] = set()
     taken_right: set[int] = set()
     keep = []
+    most = min(len(np.unique(pairs.i)), len(np.unique(pairs.j)))  # pairs a matching can hold
     ranked = zip(order.tolist(), pairs.i[order].tolist(), pairs.j[order].tolist(), strict=True)
     for n, a, b in ranked:
         if a not in taken_left and b not in taken_right:
             taken_left.add(a)
             taken_right.add(b)
             keep.append(n)
+            if len(keep) == most:
+                break
     keep_idx = np.asarray(keep, dtype=np.int64)
     return Pairs(pairs.i[keep_idx], pairs.j[keep_idx], pairs.score[keep_idx])
 
