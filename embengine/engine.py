@@ -599,10 +599,10 @@ class Engine:
         left_template: str | None = None,
         right_template: str | None = None,
         confirm: Callable[[str, str], bool] | bool | None = None,
-        mutual: bool = True,
+        assignment: str = "greedy",
         candidates: int = 10,
-        identifier_weight: float = 0.3,
-        lexical_weight: float = 0.3,
+        number_weight: float = 0.3,
+        lexical_weight: float = 0.5,
     ) -> Pairs:
         """Entity matching across two tables: see embengine.tasks.dedup.match."""
         from embengine.tasks.dedup import match
@@ -619,9 +619,9 @@ class Engine:
             left_template=left_template,
             right_template=right_template,
             confirm=confirm,
-            mutual=mutual,
+            assignment=assignment,
             candidates=candidates,
-            identifier_weight=identifier_weight,
+            number_weight=number_weight,
             lexical_weight=lexical_weight,
         )
 

@@ -10,15 +10,21 @@ from embengine.errors import InvalidInputError
 from embengine.records import record_texts
 from embengine.tasks.dedup import (
     Clusters,
+    Pairs,
     StringConfirm,
+    assign,
+    auto_threshold,
     connected_labels,
     dedup_vectors,
     exact_pairs,
     identifier_agreement,
     identifiers,
     lexical_scores,
+    match_candidates,
     match_vectors,
+    numbers,
     partitioned_pairs,
+    select_matches,
 )
 
 
@@ -148,8 +154,8 @@ def test_match_vectors_mutual_best(rng: np.random.Generator) -> None:
     left = np.concatenate([left, left[:1]])  # a second, slightly different copy of right[2]
     i, j, _s = match_vectors(left, right, 0.5)
     assert dict(zip(i.tolist(), j.tolist(), strict=True)).items() >= {(1, 0), (2, 5)}
-    assert list(j).count(2) == 1  # mutual best: right[2] goes to one left row only
-    _i_all, j_all, _ = match_vectors(left, right, 0.5, mutual=False, candidates=1)
+    assert list(j).count(2) == 1  # one to one: right[2] goes to one left row only
+    _i_all, j_all, _ = match_vectors(left, right, 0.5, assignment="none", candidates=1)
     assert list(j_all).count(2) == 2
     empty = match_vectors(left[:0], right, 0.5)
     assert len(empty.i) == 0
@@ -174,7 +180,7 @@ def test_engine_dedup_finds_known_duplicates(engine: Engine) -> None:
 def test_engine_match_with_default_confirmation(engine: Engine) -> None:
     left = ["Sony Bravia 40 inch LCD TV - KDL40V4100", "Canon PowerShot camera - SD1100IS"]
     right = ["Canon PowerShot SD1100 IS digital camera", "Sony KDL-46V4100 46in Bravia LCD TV"]
-    loose = engine.match(left, right, 0.3, identifier_weight=0.0)
+    loose = engine.match(left, right, 0.3, number_weight=0.0)
     assert set(zip(loose.i.tolist(), loose.j.tolist(), strict=True)) == {(0, 1), (1, 0)}
     strict = engine.match(left, right, 0.3, confirm=True)
     assert list(zip(strict.i.tolist(), strict.j.tolist(), strict=True)) == [(1, 0)]
@@ -197,20 +203,88 @@ def test_lexical_scores_are_tfidf_cosines() -> None:
     np.testing.assert_allclose(flipped, s, atol=1e-6)  # symmetric
 
 
+def planted_tables(
+    rng: np.random.Generator, matched: int, unmatched: int, extra_right: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Left rows 0..matched-1 are noisy copies of right rows 0..matched-1; the rest of
+    both tables are random (no partner)."""
+    right = unit(rng.standard_normal((matched + extra_right, 32)))
+    copies = unit(right[:matched] + 0.08 * rng.standard_normal((matched, 32)))
+    return np.concatenate([copies, unit(rng.standard_normal((unmatched, 32)))]), right
+
+
+@pytest.mark.parametrize(("matched", "unmatched"), [(60, 140), (150, 10)])
 def test_auto_threshold_keeps_planted_matches_and_drops_unmatched_rows(
+    rng: np.random.Generator, matched: int, unmatched: int
+) -> None:
+    left, right = planted_tables(rng, matched, unmatched, extra_right=200)
+    pairs = match_vectors(left, right)  # threshold="auto"
+    found = set(zip(pairs.i.tolist(), pairs.j.tolist(), strict=True))
+    planted = {(n, n) for n in range(matched)}
+    assert len(found & planted) >= 0.95 * matched
+    everything = match_vectors(left, right, -1.0)
+    unmatched_pairs = len(everything.i) - matched  # a one-to-one assignment pairs these too
+    assert unmatched_pairs >= 0.9 * unmatched
+    # Random rows are all alike (real tables vary row to row), so the second-best scores
+    # that stand in for rows without a partner run low; the cut still refuses most.
+    assert len(found - planted) <= 0.6 * unmatched_pairs
+
+
+def test_auto_threshold_adapts_to_the_share_of_rows_with_a_partner(
     rng: np.random.Generator,
 ) -> None:
-    right = unit(rng.standard_normal((200, 32)))
-    matched = unit(right[:60] + 0.08 * rng.standard_normal((60, 32)))
-    unmatched = unit(rng.standard_normal((140, 32)))
-    pairs = match_vectors(np.concatenate([matched, unmatched]), right)  # threshold="auto"
-    found = set(zip(pairs.i.tolist(), pairs.j.tolist(), strict=True))
-    planted = {(n, n) for n in range(60)}
-    assert len(found & planted) >= 57
-    everything = match_vectors(np.concatenate([matched, unmatched]), right, -1.0)
-    unmatched_pairs = len(everything.i) - 60  # mutual best alone pairs these with someone
-    assert unmatched_pairs >= 30
-    assert len(found - planted) <= 0.6 * unmatched_pairs  # the cut refuses about half
+    left, right = planted_tables(rng, 300, 0)
+    everyone = match_candidates(left, right)
+    low = auto_threshold(everyone)
+    assert len(select_matches(everyone, low).i) >= 295  # every row has a partner: all pass
+    left, right = planted_tables(rng, 60, 240, extra_right=200)
+    few = match_candidates(left, right)
+    cut = auto_threshold(few)
+    kept = assign(few)
+    planted = kept.i == kept.j
+    assert cut > np.median(kept.score[~planted])  # most rows have no partner: the cut rises
+    assert np.mean(kept.score[planted] >= cut) >= 0.95
+    one = match_vectors(left[:1], right[:1])
+    assert (one.i.tolist(), one.j.tolist()) == ([0], [0])  # no impostors: keep the pair
+
+
+def test_assignment_greedy_keeps_next_best_partner() -> None:
+    # left 0's best is right 0, but right 0 prefers left 1; left 0's next best is right 1
+    pairs = Pairs(np.array([0, 0, 1]), np.array([0, 1, 0]), np.array([0.9, 0.8, 0.95], np.float32))
+    greedy = assign(pairs)
+    assert list(zip(greedy.i.tolist(), greedy.j.tolist(), strict=True)) == [(0, 1), (1, 0)]
+    mutual = assign(pairs, "mutual")
+    assert list(zip(mutual.i.tolist(), mutual.j.tolist(), strict=True)) == [(1, 0)]
+    assert len(assign(pairs, "none").i) == 3
+    with pytest.raises(InvalidInputError, match="assignment"):
+        assign(pairs, "best")
+
+
+def test_numbers_agree_term() -> None:
+    assert numbers("PS-LX350H Turntable, 2 pack") == {"pslx350h"}  # "2": too short
+    assert numbers("Editorial J. Gray 1999") == {"1999"}
+    assert numbers("Panasonic KX TSC14W 500GB") == {"tsc14w", "kxtsc14w", "500gb"}
+    left = ["Editorial Jim Gray 1999", "Seagate drive 500GB"]
+    right = ["Editorial Jim Gray 2001", "Editorial Jim Gray 1999", "Seagate drive 500GB"]
+    x = unit(np.ones((2, 4)))
+    y = unit(np.ones((3, 4)))  # every cosine ties: only the text can tell the pairs apart
+    pairs = match_vectors(x, y, 0.0, left_texts=left, right_texts=right, lexical_weight=0.0)
+    assert list(zip(pairs.i.tolist(), pairs.j.tolist(), strict=True)) == [(0, 1), (1, 2)]
+
+
+def test_match_bad_options_are_refused(rng: np.random.Generator) -> None:
+    x = unit(rng.standard_normal((3, 8)))
+    for kwargs, name in (
+        ({"assignment": "best"}, "assignment"),
+        ({"number_weight": float("nan")}, "number_weight"),
+        ({"lexical_weight": -0.1}, "lexical_weight"),
+        ({"candidates": 0}, "candidates"),
+        ({"threshold": -2.0}, "threshold"),
+    ):
+        with pytest.raises(InvalidInputError, match=name):
+            match_vectors(x, x, **kwargs)
+    with pytest.raises(InvalidInputError, match="null_lambda"):
+        auto_threshold(match_candidates(x, x), null_lambda=1.0)
 
 
 def test_engine_match_with_per_table_fields(engine: Engine) -> None:
@@ -235,3 +309,5 @@ def test_engine_match_with_per_table_fields(engine: Engine) -> None:
             engine.match(left, right, bad)
     with pytest.raises(InvalidInputError, match="lexical_weight"):
         engine.match(left, right, lexical_weight=1.5)
+    with pytest.raises(InvalidInputError, match="assignment"):
+        engine.match(left, right, assignment="mutual best")

@@ -450,7 +450,9 @@ def dedup(
 # -------------------------------------------------------------------------- matching
 
 NGRAM_SIZES = (3, 4, 5)  # character n-grams inside word boundaries, as sklearn's "char_wb"
-AUTO_QUANTILE = 0.9  # of the impostor scores: see auto_threshold
+NUMBER_MIN_CHARS = 4  # see `numbers`: drops pack counts and sizes ("2", "10")
+NULL_LAMBDA = 0.5  # Storey's lambda for the share of rows without a partner: auto_threshold
+ASSIGNMENTS = ("greedy", "mutual", "none")
 _PAIR_CHUNK = 1 << 21  # n-gram lookups per step of lexical_scores: bounds memory
 
 
@@ -524,69 +526,162 @@ def lexical_scores(
     return out.astype(np.float32)
 
 
+def numbers(text: str, min_chars: int = NUMBER_MIN_CHARS) -> set[str]:
+    """The tokens of a text that carry a digit, `min_chars`+ characters long.
+
+    Model numbers, years, versions and capacities ("PS-LX350H" -> "pslx350h", "1999",
+    "500gb"): case and inner punctuation are dropped, and a letters-only token followed by
+    a code is also joined ("KX TSC14W" -> "kxtsc14w"), as catalogues write codes both ways.
+    The generalisation of `identifiers` that matching scores with (`number_weight`).
+    """
+    tokens = [t for t in (_NON_ALNUM.sub("", t) for t in _SPLIT.split(text.lower())) if t]
+    found = {t for t in tokens if _has_digit(t)}
+    for prefix, code in itertools.pairwise(tokens):
+        if prefix.isalpha() and _has_digit(code) and not code.isdigit():
+            found.add(prefix + code)
+    return {t for t in found if len(t) >= min_chars}
+
+
+def _has_digit(token: str) -> bool:
+    return any(c.isdigit() for c in token)
+
+
+class ScoreParts(NamedTuple):
+    """The evidence for each candidate pair, before weighting: three (n,) arrays."""
+
+    cosine: np.ndarray  # of the embeddings
+    lexical: np.ndarray  # `lexical_scores`: TF-IDF cosine of character n-grams
+    numbers: np.ndarray  # `identifier_agreement` of the two `numbers` sets; NaN: no evidence
+
+
+def score_parts(pairs: Pairs, left: Sequence[str], right: Sequence[str]) -> ScoreParts:
+    """The cosine (pairs.score), lexical and numbers evidence of the pairs (left[i], right[j])."""
+    lexical = lexical_scores(left, right, pairs.i, pairs.j)
+    numbers_left = {a: numbers(left[a]) for a in np.unique(pairs.i).tolist()}
+    numbers_right = {b: numbers(right[b]) for b in np.unique(pairs.j).tolist()}
+    agreement = np.full(len(pairs.i), np.nan, dtype=np.float32)
+    for n, (a, b) in enumerate(zip(pairs.i.tolist(), pairs.j.tolist(), strict=True)):
+        value = identifier_agreement(numbers_left[a], numbers_right[b])
+        if value is not None:
+            agreement[n] = value
+    return ScoreParts(pairs.score.astype(np.float32), lexical, agreement)
+
+
+def combine_scores(parts: ScoreParts, lexical_weight: float, number_weight: float) -> np.ndarray:
+    """(1 - lexical_weight) x cosine + lexical_weight x lexical, plus number_weight x
+    (agreement - 0.5) where both sides carry numbers: a shared model number or year lifts
+    a pair, conflicting ones sink it. (n,) float32."""
+    score = (1.0 - lexical_weight) * parts.cosine + lexical_weight * parts.lexical
+    bonus = np.where(np.isnan(parts.numbers), 0.0, number_weight * (parts.numbers - 0.5))
+    return (score + bonus).astype(np.float32)
+
+
 def hybrid_scores(
     pairs: Pairs,
-    left: list[str],
-    right: list[str],
-    identifier_weight: float,
+    left: Sequence[str],
+    right: Sequence[str],
+    number_weight: float,
     lexical_weight: float = 0.0,
 ) -> np.ndarray:
-    """(1 - lexical_weight) x cosine + lexical_weight x `lexical_scores`, plus
-    `identifier_weight` x (identifier_agreement - 0.5) where both sides carry codes: a
-    shared model number lifts a pair, conflicting ones sink it."""
-    score = pairs.score.astype(np.float32)
-    if lexical_weight:
-        lexical = lexical_scores(left, right, pairs.i, pairs.j)
-        score = (1.0 - lexical_weight) * score + lexical_weight * lexical
-    if identifier_weight:
-        codes_left = {a: identifiers(left[a]) for a in np.unique(pairs.i)}
-        codes_right = {b: identifiers(right[b]) for b in np.unique(pairs.j)}
-        bonus = np.zeros(len(pairs.i), dtype=np.float32)
-        for n, (a, b) in enumerate(zip(pairs.i, pairs.j, strict=True)):
-            agreement = identifier_agreement(codes_left[a], codes_right[b])
-            if agreement is not None:
-                bonus[n] = identifier_weight * (agreement - 0.5)
-        score = score + bonus
-    return score.astype(np.float32)
+    """`combine_scores` of `score_parts`: the score `match` ranks and thresholds pairs by."""
+    if not lexical_weight and not number_weight:
+        return pairs.score.astype(np.float32)
+    return combine_scores(score_parts(pairs, left, right), lexical_weight, number_weight)
 
 
-def auto_threshold(pairs: Pairs, quantile: float = AUTO_QUANTILE) -> float:
-    """A label-free cut for `select_matches`, from the scores of the tables at hand.
+def assign(pairs: Pairs, assignment: str = "greedy") -> Pairs:
+    """Keep at most one partner per row, sorted by (i, j).
 
-    Every row's second-best candidate (both sides) is, in a one-to-one mapping, a pair that
-    does not match yet looks as close as a non-match can: the "impostor" scores. The cut is
-    their `quantile` (0.9), so it moves with how alike the catalogue's records are. Chosen
-    across abt_buy, dblp_acm and walmart_amazon (benchmarks/README.md, "Matching").
+    "greedy": strongest pairs first, a pair is kept when neither row is taken yet (a
+    one-to-one matching; it keeps every mutual-best pair, and also the next-best partner
+    of a row whose best partner preferred someone else). "mutual": only pairs that are the
+    best of both their rows. "none": every pair. Dropping pairs below a threshold before or
+    after gives the same result, so thresholds can be chosen on the assigned scores.
     """
-    impostors = np.concatenate(
-        [_second_best(pairs.i, pairs.score), _second_best(pairs.j, pairs.score)]
-    )
-    if len(impostors) == 0:
-        return float(pairs.score.min()) if len(pairs.score) else 0.0
-    return float(np.quantile(impostors, quantile))
+    _check_assignment(assignment)
+    if assignment == "mutual":
+        pairs = _mutual_best(pairs)
+    elif assignment == "greedy":
+        pairs = _greedy_one_to_one(pairs)
+    order = np.lexsort((pairs.j, pairs.i))
+    return Pairs(pairs.i[order], pairs.j[order], pairs.score[order])
 
 
-def _second_best(rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """The second-highest score of every row that has at least two."""
+def _greedy_one_to_one(pairs: Pairs) -> Pairs:
+    order = np.lexsort((pairs.j, pairs.i, -pairs.score))  # strongest first, ties: low (i, j)
+    taken_left: set[int] = set()
+    taken_right: set[int] = set()
+    keep = []
+    most = min(len(np.unique(pairs.i)), len(np.unique(pairs.j)))  # pairs a matching can hold
+    ranked = zip(order.tolist(), pairs.i[order].tolist(), pairs.j[order].tolist(), strict=True)
+    for n, a, b in ranked:
+        if a not in taken_left and b not in taken_right:
+            taken_left.add(a)
+            taken_right.add(b)
+            keep.append(n)
+            if len(keep) == most:
+                break
+    keep_idx = np.asarray(keep, dtype=np.int64)
+    return Pairs(pairs.i[keep_idx], pairs.j[keep_idx], pairs.score[keep_idx])
+
+
+def auto_threshold(
+    pairs: Pairs, *, assignment: str = "greedy", null_lambda: float = NULL_LAMBDA
+) -> float:
+    """A label-free cut for `select_matches`: the one with the best F1 that the scores of
+    the tables at hand predict.
+
+    Each row's second-best candidate is a pair that does not match yet looks as close as a
+    non-match can, so for each table the second-best scores of its rows sample the best
+    score of a row that has no partner (the "impostors"). The share of such rows is
+    estimated as Storey does for p-values: rows whose best score lies below the impostors'
+    `null_lambda` quantile, divided by `null_lambda`. For every cut, the expected false
+    pairs are then (rows without partner) x (share of impostors above the cut), the true
+    ones the assigned pairs above it minus those, and the cut with the best expected F1
+    wins. Done for both tables, the higher cut is taken: the table whose rows search the
+    larger other table meets the stronger impostors. Returns inf when no cut is expected to
+    find a true pair. Chosen across abt_buy, dblp_acm and walmart_amazon
+    (benchmarks/README.md, "Entity matching").
+    """
+    _check_assignment(assignment)
+    if not 0.0 < null_lambda < 1.0:
+        raise InvalidInputError(f"null_lambda must be in (0, 1), got {null_lambda!r}")
+    kept = np.sort(assign(pairs, assignment).score)
+    if len(kept) == 0:
+        return float("inf")
+    cuts = np.unique(kept)
+    accepted = len(kept) - np.searchsorted(kept, cuts, side="left")
+    cut, evidence = -np.inf, False
+    for rows in (pairs.i, pairs.j):
+        best, impostors = _best_and_second(rows, pairs.score)
+        if len(impostors) == 0:  # rows with one candidate each: no impostors to learn from
+            continue
+        evidence = True
+        impostors = np.sort(impostors)
+        below = np.count_nonzero(best < np.quantile(impostors, null_lambda))
+        unmatched = min(len(best), below / null_lambda)
+        partners = len(best) - unmatched
+        false = unmatched * (1.0 - np.searchsorted(impostors, cuts, side="left") / len(impostors))
+        true = np.maximum(accepted - false, 0.0)
+        f1 = 2.0 * true / (accepted + partners)
+        if f1.max() > 0.0:
+            cut = max(cut, float(cuts[np.argmax(f1)]))
+    if not evidence:  # e.g. one row against one row: keep what the assignment kept
+        return float(cuts[0])
+    return float(cut) if cut > -np.inf else float("inf")
+
+
+def _best_and_second(rows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The best and second-best score of every row that has at least two pairs."""
     order = np.lexsort((-scores, rows))
-    ranked = rows[order]
+    ranked, ordered = rows[order], scores[order]
     first = np.ones(len(order), dtype=bool)
     first[1:] = ranked[1:] != ranked[:-1]
     second = np.zeros(len(order), dtype=bool)
     second[1:] = first[:-1] & ~first[1:]
-    return scores[order][second]
-
-
-def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """The cut maximising the between-class variance of a 1-D sample (Otsu, 1979)."""
-    hist, edges = np.histogram(values, bins=bins)
-    centers = (edges[:-1] + edges[1:]) / 2
-    weight = np.cumsum(hist).astype(float)
-    total = weight[-1]
-    mean = np.cumsum(hist * centers)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = (mean[-1] * weight / total - mean) ** 2 / (weight * (total - weight))
-    return float(edges[1:][np.nanargmax(between[:-1])])
+    has_second = np.zeros(len(order), dtype=bool)
+    has_second[:-1] = second[1:]
+    return ordered[first & has_second], ordered[second]
 
 
 def _check_match_threshold(threshold: float | str) -> None:
@@ -595,11 +690,26 @@ def _check_match_threshold(threshold: float | str) -> None:
     if (
         isinstance(threshold, bool)
         or not isinstance(threshold, (int, float))
-        or not -1.0 <= threshold <= 1.5  # scores: cosine blend in [-1, 1] + code term
+        or not -1.5 <= threshold <= 1.5  # cosine blend in [-1, 1] + numbers term in +-0.5
     ):
         raise InvalidInputError(
-            f"threshold must be 'auto' or a score in [-1, 1.5], got {threshold!r}"
+            f"threshold must be 'auto' or a score in [-1.5, 1.5], got {threshold!r}"
         )
+
+
+def _check_assignment(assignment: str) -> None:
+    if assignment not in ASSIGNMENTS:
+        raise InvalidInputError(f"assignment must be one of {ASSIGNMENTS}, got {assignment!r}")
+
+
+def _check_weights(number_weight: float, lexical_weight: float) -> None:
+    for name, value in (("number_weight", number_weight), ("lexical_weight", lexical_weight)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not 0.0 <= value <= 1.0  # False for NaN
+        ):
+            raise InvalidInputError(f"{name} must be in [0, 1], got {value!r}")
 
 
 def match_vectors(
@@ -610,16 +720,17 @@ def match_vectors(
     left_texts: list[str] | None = None,
     right_texts: list[str] | None = None,
     confirm: Confirm | bool | None = None,
-    mutual: bool = True,
+    assignment: str = "greedy",
     candidates: int = 10,
-    identifier_weight: float = 0.3,
-    lexical_weight: float = 0.3,
+    number_weight: float = 0.3,
+    lexical_weight: float = 0.5,
 ) -> Pairs:
     """Match rows of two tables: (i in left, j in right, score), sorted by (i, j).
 
     match_candidates, then select_matches at `threshold` ("auto": `auto_threshold`).
     """
     _check_match_threshold(threshold)
+    _check_assignment(assignment)
     found = match_candidates(
         left,
         right,
@@ -627,11 +738,12 @@ def match_vectors(
         right_texts=right_texts,
         confirm=confirm,
         candidates=candidates,
-        identifier_weight=identifier_weight,
+        number_weight=number_weight,
         lexical_weight=lexical_weight,
     )
-    cut = auto_threshold(found) if threshold == "auto" else float(threshold)
-    return select_matches(found, cut, mutual=mutual)
+    auto = threshold == "auto"
+    cut = auto_threshold(found, assignment=assignment) if auto else float(threshold)
+    return select_matches(found, cut, assignment=assignment)
 
 
 def match_candidates(
@@ -642,15 +754,15 @@ def match_candidates(
     right_texts: list[str] | None = None,
     confirm: Confirm | bool | None = None,
     candidates: int = 10,
-    identifier_weight: float = 0.3,
-    lexical_weight: float = 0.3,
+    number_weight: float = 0.3,
+    lexical_weight: float = 0.5,
 ) -> Pairs:
     """Scored candidate pairs across two tables, before any threshold.
 
     Candidates are each row's `candidates` nearest rows of the other table (ops.topk_cosine
     both ways: O((n_left + n_right) x candidates) pairs, never the full product). With
     texts, their score is `hybrid_scores` (cosine, character n-gram TF-IDF cosine and the
-    model-number term); without, the cosine. Pairs failing `confirm(left, right)` are dropped.
+    numbers term); without, the cosine. Pairs failing `confirm(left, right)` are dropped.
     """
     a = ops.check_vectors(left, "left")
     b = ops.check_vectors(right, "right", a.shape[1])
@@ -665,32 +777,22 @@ def match_candidates(
         raise InvalidInputError("confirm needs left_texts and right_texts")
     if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
         raise InvalidInputError(f"candidates must be an int >= 1, got {candidates!r}")
-    for name, value in (
-        ("identifier_weight", identifier_weight),
-        ("lexical_weight", lexical_weight),
-    ):
-        if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:  # False for NaN
-            raise InvalidInputError(f"{name} must be in [0, 1], got {value!r}")
+    _check_weights(number_weight, lexical_weight)
     if len(a) == 0 or len(b) == 0:
         return _empty_pairs()
     pairs = _candidate_pairs(a, b, min(candidates, len(b)), min(candidates, len(a)))
     if has_texts:
-        scores = hybrid_scores(pairs, left_texts, right_texts, identifier_weight, lexical_weight)
+        scores = hybrid_scores(pairs, left_texts, right_texts, number_weight, lexical_weight)
         pairs = Pairs(pairs.i, pairs.j, scores)
         if check is not None:
             pairs = _confirmed(pairs, left_texts, right_texts, check)
     return pairs
 
 
-def select_matches(pairs: Pairs, threshold: float, *, mutual: bool = True) -> Pairs:
-    """Scored pairs at or above `threshold`; with `mutual`, only those where each side is
-    the other's best remaining pair (ties: the lower index). Sorted by (i, j)."""
+def select_matches(pairs: Pairs, threshold: float, *, assignment: str = "greedy") -> Pairs:
+    """Scored pairs at or above `threshold`, then `assign`ed. Sorted by (i, j)."""
     keep = pairs.score >= threshold
-    pairs = Pairs(pairs.i[keep], pairs.j[keep], pairs.score[keep])
-    if mutual:
-        pairs = _mutual_best(pairs)
-    order = np.lexsort((pairs.j, pairs.i))
-    return Pairs(pairs.i[order], pairs.j[order], pairs.score[order])
+    return assign(Pairs(pairs.i[keep], pairs.j[keep], pairs.score[keep]), assignment)
 
 
 def _candidate_pairs(a: np.ndarray, b: np.ndarray, k_right: int, k_left: int) -> Pairs:
@@ -737,10 +839,10 @@ def match(
     left_template: str | None = None,
     right_template: str | None = None,
     confirm: Confirm | bool | None = None,
-    mutual: bool = True,
+    assignment: str = "greedy",
     candidates: int = 10,
-    identifier_weight: float = 0.3,
-    lexical_weight: float = 0.3,
+    number_weight: float = 0.3,
+    lexical_weight: float = 0.5,
 ) -> Pairs:
     """Entity matching across two tables: embed both, then match_vectors.
 
@@ -751,11 +853,13 @@ def match(
     """
     if fields is not None and template is not None:
         raise InvalidInputError("give fields or template, not both")
-    left_texts = record_texts(left, **_side(left_fields, left_template, fields, template, "left"))
-    right_texts = record_texts(
-        right, **_side(right_fields, right_template, fields, template, "right")
-    )
+    left_rule = _side(left_fields, left_template, fields, template, "left")
+    right_rule = _side(right_fields, right_template, fields, template, "right")
     _check_match_threshold(threshold)
+    _check_assignment(assignment)
+    _check_weights(number_weight, lexical_weight)
+    left_texts = record_texts(left, **left_rule)
+    right_texts = record_texts(right, **right_rule)
     return match_vectors(
         engine.embed(left_texts),
         engine.embed(right_texts),
@@ -763,9 +867,9 @@ def match(
         left_texts=left_texts,
         right_texts=right_texts,
         confirm=confirm,
-        mutual=mutual,
+        assignment=assignment,
         candidates=candidates,
-        identifier_weight=identifier_weight,
+        number_weight=number_weight,
         lexical_weight=lexical_weight,
     )
 
