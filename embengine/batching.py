@@ -28,6 +28,28 @@ class Tokenized:
     ids: list[list[int]]
     lengths: np.ndarray  # int64, tokens per text including special tokens
     truncated: int  # texts cut to the model's max length
+    cut: np.ndarray | None = None  # bool per text: was it truncated (None: not kept)
+
+    def select(self, indices: Sequence[int] | np.ndarray) -> Tokenized:
+        """The texts at `indices`, in that order (needs `cut`, which TextTokenizer keeps)."""
+        if self.cut is None:
+            raise ValueError("this Tokenized has no per-text truncation flags to select by")
+        picked = np.asarray(indices, dtype=np.int64)
+        cut = self.cut[picked]
+        return Tokenized([self.ids[i] for i in picked], self.lengths[picked], int(cut.sum()), cut)
+
+    @staticmethod
+    def concat(parts: Sequence[Tokenized]) -> Tokenized:
+        """One Tokenized of several, texts in order (a coalesced batch of requests)."""
+        if len(parts) == 1:
+            return parts[0]
+        cuts = [p.cut for p in parts]
+        return Tokenized(
+            [ids for p in parts for ids in p.ids],
+            np.concatenate([p.lengths for p in parts]),
+            sum(p.truncated for p in parts),
+            None if any(c is None for c in cuts) else np.concatenate(cuts),  # type: ignore[arg-type]
+        )
 
 
 class TextTokenizer:
@@ -43,10 +65,12 @@ class TextTokenizer:
     def __call__(self, texts: Sequence[str]) -> Tokenized:
         encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=True)
         ids = [e.ids for e in encodings]
+        cut = np.fromiter((bool(e.overflowing) for e in encodings), dtype=bool, count=len(ids))
         return Tokenized(
             ids=ids,
             lengths=np.fromiter((len(i) for i in ids), dtype=np.int64, count=len(ids)),
-            truncated=sum(1 for e in encodings if e.overflowing),
+            truncated=int(cut.sum()),
+            cut=cut,
         )
 
 
@@ -186,27 +210,33 @@ def stream_batches(
     max_batch_size: int,
     chunk_texts: int | None = None,
     overhead_tokens: float | None = None,
+    tokenized: Tokenized | None = None,
 ) -> Iterator[Chunk]:
     """Chunks of padded, length-sorted batches, the next one prepared while this one is used.
 
     `chunk_texts` defaults to CHUNK_TEXTS; `overhead_tokens` makes the cuts length-aware
-    (see plan_batches).
+    (see plan_batches). `tokenized`: `texts` already tokenised by `tokenizer` (the
+    coalescer's ids, so a served text is tokenised once); the tokenizer is then not called.
     """
     chunk_texts = CHUNK_TEXTS if chunk_texts is None else chunk_texts
     if chunk_texts < 1:
         raise ValueError(f"chunk_texts must be positive, got {chunk_texts}")
 
+    if tokenized is not None and len(tokenized.ids) != len(texts):
+        raise ValueError(f"{len(tokenized.ids)} tokenised texts for {len(texts)} texts")
+
     def prepare(start: int) -> Chunk:
-        tokenized = tokenizer(texts[start : start + chunk_texts])
-        chunk = Chunk(
-            texts=len(tokenized.ids),
-            tokens=int(tokenized.lengths.sum()),
-            truncated=tokenized.truncated,
-        )
+        if tokenized is None:
+            part = tokenizer(texts[start : start + chunk_texts])
+        elif start == 0 and len(texts) <= chunk_texts:
+            part = tokenized
+        else:
+            part = tokenized.select(range(start, min(start + chunk_texts, len(texts))))
+        chunk = Chunk(texts=len(part.ids), tokens=int(part.lengths.sum()), truncated=part.truncated)
         for indices in plan_batches(
-            tokenized.lengths, batch_tokens, max_batch_size, overhead_tokens=overhead_tokens
+            part.lengths, batch_tokens, max_batch_size, overhead_tokens=overhead_tokens
         ):
-            input_ids, mask = pad(tokenized.ids, indices, tokenizer.pad_id)
+            input_ids, mask = pad(part.ids, indices, tokenizer.pad_id)
             chunk.batches.append(Batch(indices + start, input_ids, mask))
         return chunk
 

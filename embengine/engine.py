@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from embengine.batching import Chunk, TextTokenizer, stream_batches
+from embengine.batching import Chunk, TextTokenizer, Tokenized, stream_batches
 from embengine.device import Device, cuda_unavailable_reason, resolve_device
 from embengine.encoders import Encoder, make_encoder
 from embengine.errors import InvalidInputError
@@ -238,15 +238,29 @@ class Engine:
             raise InvalidInputError(f"output must be one of {OUTPUTS}, got {output!r}")
         return self._embed_direct(check_texts(texts), progress, cache, output)
 
+    def embed_tokenized(self, texts: list[str], tokenized: Tokenized) -> tuple[Any, EmbedStats]:
+        """`embed_with_stats` of checked `texts` that `self.tokenizer` has already tokenised
+        (the serving path: the coalescer tokenises each request once, for its budgets and
+        usage counts, and the engine reuses those ids). Same vectors as `embed`; with a
+        store attached only the texts it lacks are encoded (tokenised again there)."""
+        if len(tokenized.ids) != len(texts):
+            raise InvalidInputError(f"{len(tokenized.ids)} tokenised texts for {len(texts)} texts")
+        return self._embed_direct(texts, False, True, "numpy", tokenized)
+
     def _embed_direct(
-        self, items: list[str], progress: bool, cache: bool, output: str
+        self,
+        items: list[str],
+        progress: bool,
+        cache: bool,
+        output: str,
+        tokenized: Tokenized | None = None,
     ) -> tuple[Any, EmbedStats]:
         """embed_with_stats on texts already checked (embed checks them once)."""
         started = time.perf_counter()
         with self._stats_lock:
             self._running += 1
         try:
-            vectors, stats = self._embed(items, progress, cache, output)
+            vectors, stats = self._embed(items, progress, cache, output, tokenized)
         finally:
             with self._stats_lock:
                 self._running -= 1
@@ -256,13 +270,24 @@ class Engine:
         return vectors, stats
 
     def _embed(
-        self, items: list[str], progress: bool, cache: bool, output: str
+        self,
+        items: list[str],
+        progress: bool,
+        cache: bool,
+        output: str,
+        tokenized: Tokenized | None = None,
     ) -> tuple[Any, EmbedStats]:
-        unique, inverse = np.unique(np.array(items, dtype=object), return_inverse=True)
+        unique, first, inverse = np.unique(
+            np.array(items, dtype=object), return_index=True, return_inverse=True
+        )
         stats = EmbedStats(texts=len(items), unique_texts=len(unique))
         on_device = self.store is None and self._device_resident()
         if self.store is None:
-            vectors = self._encode(list(unique), stats, progress, on_device=on_device)
+            if tokenized is not None:  # unique is sorted: the ids of each distinct text
+                tokenized = tokenized.select(first)
+            vectors = self._encode(
+                list(unique), stats, progress, on_device=on_device, tokenized=tokenized
+            )
             stats.device_outputs = int(on_device)
         else:
             vectors = self._encode_missing(list(unique), stats, progress, cache)
@@ -524,11 +549,18 @@ class Engine:
         return index.search(self.embed(items, cache=False, prompt=role), k, **options)
 
     def _encode(
-        self, texts: list[str], stats: EmbedStats, progress: bool, *, on_device: bool = False
+        self,
+        texts: list[str],
+        stats: EmbedStats,
+        progress: bool,
+        *,
+        on_device: bool = False,
+        tokenized: Tokenized | None = None,
     ) -> Any:
         """Run the model on distinct texts: (n, dim) unit rows in their order; fills `stats`.
 
         on_device: the rows stay where the encoder pooled them (a torch tensor on its device).
+        tokenized: `texts` already tokenised (not tokenised again).
         """
         if on_device:
             import torch
@@ -543,6 +575,7 @@ class Engine:
             batch_tokens=self.batch_tokens,
             max_batch_size=self.max_batch_size,
             overhead_tokens=self.batch_overhead_tokens,
+            tokenized=tokenized,
         )
         for chunk in _progress(chunks, progress, len(texts)):
             for batch in chunk.batches:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from embengine import Engine
+from embengine.batching import Tokenized
 from embengine.device import cuda_available, cuda_unavailable_reason
 
 
@@ -63,13 +64,13 @@ class GatedEngine:
     def __getattr__(self, name: str) -> object:
         return getattr(self.engine, name)
 
-    def embed_with_stats(self, texts: list[str], *, progress: bool = False):
+    def embed_tokenized(self, texts: list[str], tokenized: Tokenized):
         self.calls.append(len(texts))
         self.entered.set()
         assert self.gate.wait(30), "test gate never opened"
         if self.fail:
             raise RuntimeError("encoder exploded")
-        return self.engine.embed_with_stats(texts)
+        return self.engine.embed_tokenized(texts, tokenized)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 import os
 import random
 import subprocess
@@ -96,13 +97,13 @@ def test_a_plan_is_cut_by_length_and_each_batch_is_answered_when_it_ends(
     gated = gated()
     started: list[list[bool]] = []  # at each encoder call: which requests were answered
     futures: list[Any] = []
-    embed = gated.embed_with_stats
+    embed = gated.embed_tokenized
 
-    def recording(texts: list[str], *, progress: bool = False) -> Any:
+    def recording(texts: list[str], tokenized: Any) -> Any:
         started.append([f.done() for f in futures])
-        return embed(texts)
+        return embed(texts, tokenized)
 
-    gated.embed_with_stats = recording
+    gated.embed_tokenized = recording
     coalescer = Coalescer([gated], max_wait_ms=0)
     holder = coalescer.submit(["hold the encoder"])
     assert gated.entered.wait(10)
@@ -116,6 +117,54 @@ def test_a_plan_is_cut_by_length_and_each_batch_is_answered_when_it_ends(
     # the first request's batch, then the short texts (queued first), then the long ones
     assert gated.calls == [1, 3, 3]
     assert started[2] == [True] * 3 + [False] * 3, "short texts answered before long ran"
+    assert coalescer.close(10)
+
+
+class CountingTokenizer:
+    """The engine's tokenizer, counting the texts it tokenises."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer, self.texts = tokenizer, 0
+        self.lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.tokenizer, name)
+
+    def __call__(self, texts: Any) -> Any:
+        with self.lock:
+            self.texts += len(texts)
+        return self.tokenizer(texts)
+
+
+def test_embed_tokenized_is_embed_bit_for_bit(engine: Engine) -> None:
+    long = " ".join(["invoice error in the billing system"] * 80)  # truncated
+    texts = [*_texts(20, seed=3), long, "dog", "dog", _texts(1, seed=3)[0]]  # repeats
+    vectors, stats = engine.embed_tokenized(texts, engine.tokenizer(texts))
+    want, want_stats = engine.embed_with_stats(texts)
+    np.testing.assert_array_equal(vectors, want)
+    assert (stats.texts, stats.unique_texts, stats.tokens, stats.truncated) == (
+        want_stats.texts,
+        want_stats.unique_texts,
+        want_stats.tokens,
+        want_stats.truncated,
+    )
+    assert stats.truncated == 1
+    assert stats.unique_texts == len(texts) - 2
+
+
+def test_served_texts_are_tokenised_once(fresh: Engine) -> None:
+    """The coalescer tokenises each request for its budgets; the engine reuses the ids."""
+    texts = _texts(60, seed=2)
+    expected = fresh.embed(texts)
+    counting = CountingTokenizer(fresh.tokenizer)
+    fresh.tokenizer = counting  # type: ignore[assignment]
+    coalescer = Coalescer([fresh, fresh], max_wait_ms=2)
+    starts = [0, 1, 3, 6, 10, 11, 13, 16, 20, 21, 23, 26, 30, 31, 33, 36, 40, 45, 52, 60]
+    groups = [texts[a:b] for a, b in itertools.pairwise(starts)]  # 1-8 texts each
+    with ThreadPoolExecutor(8) as pool:
+        rows = list(pool.map(lambda g: coalescer.embed(g)[0], groups))
+    np.testing.assert_allclose(np.vstack(rows), expected, rtol=0, atol=ATOL)
+    assert counting.texts == len(texts), "each served text tokenised once"
     assert coalescer.close(10)
 
 

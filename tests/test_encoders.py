@@ -116,6 +116,35 @@ def test_stream_batches_cover_every_text_once_within_budget(
     assert sum(c.truncated for c in chunks) == 1  # the one over-long golden text
 
 
+def test_stream_batches_of_pretokenised_texts_are_the_same_batches(
+    engines: dict[tuple[str, str], Engine], golden: tuple[list[str], np.ndarray]
+) -> None:
+    """The coalescer's token ids given to stream_batches: same chunks and batches, and the
+    tokenizer is not called."""
+    texts = golden[0]
+    tokenizer: TextTokenizer = engines[("onnx", "fp32")].tokenizer
+
+    class Refuse:
+        pad_id = tokenizer.pad_id
+
+        def __call__(self, texts: object) -> None:
+            raise AssertionError("tokenised again")
+
+    options = {"batch_tokens": 300, "max_batch_size": 16, "chunk_texts": 50}
+    plain = list(stream_batches(texts, tokenizer, **options))
+    tokenized = tokenizer(texts)
+    given = list(stream_batches(texts, Refuse(), tokenized=tokenized, **options))  # type: ignore[arg-type]
+    assert [(c.texts, c.tokens, c.truncated) for c in given] == [
+        (c.texts, c.tokens, c.truncated) for c in plain
+    ]
+    for want, got in zip(
+        (b for c in plain for b in c.batches), (b for c in given for b in c.batches), strict=True
+    ):
+        np.testing.assert_array_equal(got.indices, want.indices)
+        np.testing.assert_array_equal(got.input_ids, want.input_ids)
+        np.testing.assert_array_equal(got.attention_mask, want.attention_mask)
+
+
 def test_length_aware_plan_is_the_cheapest_cut_within_the_limits() -> None:
     def cost(batches: list[np.ndarray], lengths: np.ndarray, sizes: np.ndarray) -> float:
         return sum(8.0 + sizes[b].sum() * lengths[b].max() for b in batches)

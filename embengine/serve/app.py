@@ -28,6 +28,7 @@ from embengine.engine import EmbedStats
 from embengine.errors import OverloadedError
 from embengine.serve.coalesce import MAX_QUEUE_TEXTS, MAX_WAIT_MS, Coalescer
 from embengine.serve.metrics import Metrics
+from embengine.validation import check_texts
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -92,10 +93,12 @@ class _Direct:
         self._next += 1
         self.queue_texts += len(texts)
         try:
-            vectors, stats = await to_thread.run_sync(engine.embed_with_stats, texts)
+            texts = check_texts(texts)
+            tokenized = engine.tokenizer(texts)  # once: the encoder reuses the ids
+            vectors, stats = await to_thread.run_sync(engine.embed_tokenized, texts, tokenized)
         finally:
             self.queue_texts -= len(texts)
-        tokenized = engine.tokenizer(texts)  # usage counts every input, repeats included
+        # usage counts every input, repeats included
         stats.tokens, stats.texts = int(tokenized.lengths.sum()), len(texts)
         return vectors, stats
 

@@ -26,17 +26,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 
-from embengine.batching import plan_batches
+from embengine.batching import Tokenized, plan_batches
 from embengine.engine import EmbedStats
 from embengine.errors import InvalidInputError, OverloadedError
 from embengine.validation import check_texts
-
-if TYPE_CHECKING:
-    from embengine.batching import Tokenized
 
 # Defaults, measured with benchmarks/bench_serve.py on the 2-core CPU (docs/serving.md).
 MAX_WAIT_MS = 2.0  # the most a request waits for company while another batch runs
@@ -58,8 +55,8 @@ class Replica(Protocol):
     @property
     def tokenizer(self) -> Callable[[Sequence[str]], Tokenized]: ...
 
-    def embed_with_stats(
-        self, texts: list[str], *, progress: bool = False
+    def embed_tokenized(
+        self, texts: list[str], tokenized: Tokenized
     ) -> tuple[np.ndarray, EmbedStats]: ...
 
 
@@ -76,6 +73,7 @@ class BatchObserver(Protocol):
 @dataclass
 class _Request:
     texts: list[str]
+    tokenized: Tokenized  # by the replicas' tokenizer at submit, reused by the encoder
     tokens: int
     longest: int  # tokens of its longest text (the padding it forces on a batch)
     truncated: int
@@ -145,6 +143,7 @@ class Coalescer:
         lengths = tokenized.lengths
         request = _Request(
             items,
+            tokenized,
             int(lengths.sum()),
             int(lengths.max()),
             tokenized.truncated,
@@ -297,11 +296,14 @@ class Coalescer:
             self._planned.append([taken[i] for i in sorted(group.tolist())])
 
     def _run(self, replica: Replica, batch: list[_Request]) -> None:
-        """One embed call for the whole batch; each request's future gets its own rows."""
+        """One embed call for the whole batch; each request's future gets its own rows.
+
+        The requests' token ids go with their texts: each text is tokenised once."""
         started = time.perf_counter()
         texts = [t for request in batch for t in request.texts]
         try:
-            vectors, _ = replica.embed_with_stats(texts)
+            tokenized = Tokenized.concat([request.tokenized for request in batch])
+            vectors, _ = replica.embed_tokenized(texts, tokenized)
         except BaseException as exc:  # every waiting caller must hear of it
             for request in batch:
                 if not request.future.done():
