@@ -6,8 +6,6 @@ readers that see only whole states while a writer changes the index."""
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -267,88 +265,6 @@ def test_bad_vectors_change_nothing(rows: np.ndarray) -> None:
     assert len(index) == 300
     for a, b in zip(index.search(rows[:5], 5), before, strict=True):
         np.testing.assert_array_equal(a, b)
-
-
-STABLE, CHURN, CHURN_BASE = 300, 40, 1000
-
-
-@pytest.mark.parametrize("options", COMPACTS, ids=ident)
-def test_readers_see_only_before_or_after_states_while_one_thread_writes(options: dict) -> None:
-    """In the style of test_index_threads: each returned id must carry a score its stored
-    row (or its upserted negation) can have, stable rows always find themselves, no errors."""
-    rng = np.random.default_rng(15)
-    stable = unit(rng.standard_normal((STABLE, DIM)))
-    churn = unit(rng.standard_normal((CHURN, DIM)))
-    churn_ids = list(range(CHURN_BASE, CHURN_BASE + CHURN))
-    if options.get("rescore") == "float32":
-        index = VectorIndex(DIM, **options)
-    else:  # ranges fixed up front, so the churn rows are coded from the first add
-        index = VectorIndex(DIM, quantizer=Int8Quantizer.fit(stable), **options)
-    index.add(stable)
-    tolerance = 0.05  # int8 rescoring: dequantized dots
-    problems: list[str] = []
-    reads = [0]
-    done = threading.Event()
-
-    def allowed_scores(i: int, query: np.ndarray) -> list[float]:
-        if 0 <= i < STABLE:
-            return [float(stable[i] @ query)]
-        if CHURN_BASE <= i < CHURN_BASE + CHURN:
-            v = churn[i - CHURN_BASE]
-            return [float(v @ query), float(-v @ query)]
-        return []
-
-    def reader(seed: int) -> None:
-        local = np.random.default_rng(seed)
-        while True:
-            finished = done.is_set()
-            picked = local.integers(0, STABLE, 4)
-            try:
-                scores, ids = index.search(stable[picked], 5)
-            except Exception as exc:  # any error is a torn state
-                problems.append(f"{type(exc).__name__}: {exc}")
-                return
-            if not (ids[:, 0] == picked).all():
-                problems.append(f"top-1 {ids[:, 0].tolist()} for rows {picked.tolist()}")
-            for r in range(len(picked)):
-                for score, i in zip(scores[r].tolist(), ids[r].tolist(), strict=True):
-                    if not any(
-                        abs(score - a) < tolerance for a in allowed_scores(i, stable[picked[r]])
-                    ):
-                        problems.append(f"row {picked[r]}: id {i} score {score}")
-            reads[0] += 1
-            if finished:
-                return
-
-    def writer() -> None:
-        deadline = time.monotonic() + 8.0
-        while reads[0] < 4 and time.monotonic() < deadline:
-            time.sleep(0.001)
-        try:
-            for _ in range(25):
-                index.add(churn, churn_ids)
-                index.upsert(-churn[:10], churn_ids[:10])
-                index.remove(churn_ids[5:])
-                index.upsert(churn[5:], churn_ids[5:])
-                index.remove(churn_ids)
-                if time.monotonic() > deadline:
-                    break
-        except Exception as exc:
-            problems.append(f"writer {type(exc).__name__}: {exc}")
-        finally:
-            done.set()
-
-    threads = [threading.Thread(target=reader, args=(s,)) for s in range(4)]
-    threads.append(threading.Thread(target=writer))
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not any(t.is_alive() for t in threads), "a thread hung"
-    assert not problems, problems[:5]
-    assert reads[0] > 0
-    assert len(index) == STABLE
-    assert sorted(index.ids) == list(range(STABLE))
 
 
 class _PromptEngine(_RowEngine):
