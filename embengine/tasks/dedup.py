@@ -89,11 +89,21 @@ def identifiers(text: str) -> set[str]:
     token followed by a code is also joined ("KX TSC14W" -> "kxtsc14w"), as catalogues
     write codes both ways.
     """
-    tokens = [_NON_ALNUM.sub("", t) for t in _SPLIT.split(text.lower())]
-    found = {t for t in tokens if _is_code(t)}
-    for prefix, code in itertools.pairwise(tokens):
-        if prefix.isalpha() and _is_code(code):
-            found.add(prefix + code)
+    return _codes(_tokens(text), keep=_is_code, joinable=_is_code)
+
+
+def _tokens(text: str) -> list[str]:
+    """Lower-cased tokens with inner punctuation dropped (empty where a token was all
+    punctuation)."""
+    return [_NON_ALNUM.sub("", t) for t in _SPLIT.split(text.lower())]
+
+
+def _codes(
+    tokens: list[str], keep: Callable[[str], bool], joinable: Callable[[str], bool]
+) -> set[str]:
+    """The kept tokens, plus each letters-only token joined to a joinable one after it."""
+    found = {t for t in tokens if keep(t)}
+    found.update(p + c for p, c in itertools.pairwise(tokens) if p.isalpha() and joinable(c))
     return found
 
 
@@ -534,11 +544,8 @@ def numbers(text: str, min_chars: int = NUMBER_MIN_CHARS) -> set[str]:
     a code is also joined ("KX TSC14W" -> "kxtsc14w"), as catalogues write codes both ways.
     The generalisation of `identifiers` that matching scores with (`number_weight`).
     """
-    tokens = [t for t in (_NON_ALNUM.sub("", t) for t in _SPLIT.split(text.lower())) if t]
-    found = {t for t in tokens if _has_digit(t)}
-    for prefix, code in itertools.pairwise(tokens):
-        if prefix.isalpha() and _has_digit(code) and not code.isdigit():
-            found.add(prefix + code)
+    tokens = [t for t in _tokens(text) if t]
+    found = _codes(tokens, keep=_has_digit, joinable=lambda t: _has_digit(t) and not t.isdigit())
     return {t for t in found if len(t) >= min_chars}
 
 
