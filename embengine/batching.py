@@ -97,20 +97,12 @@ def plan_batches(
     if batch_tokens < 1 or max_batch_size < 1:
         raise ValueError("batch_tokens and max_batch_size must be positive")
     order = np.argsort(-lengths, kind="stable")
-    if overhead_tokens is None and sizes is None:  # the common case, vectorised
-        batches: list[np.ndarray] = []
-        start = 0
-        while start < len(order):
-            longest = int(lengths[order[start]])  # sorted: the first text is the longest
-            size = max(1, min(max_batch_size, batch_tokens // max(longest, 1)))
-            batches.append(order[start : start + size])
-            start += size
-        return batches
-    longest = [int(x) for x in lengths[order]]
-    counts = [1] * len(order) if sizes is None else [int(x) for x in sizes[order]]
+    longest = lengths[order].tolist()
+    counts = None if sizes is None else sizes[order].tolist()
     if overhead_tokens is None:
         cuts = _fullest_cuts(longest, counts, batch_tokens, max_batch_size)
     else:
+        counts = [1] * len(order) if counts is None else counts
         cuts = _cheapest_cuts(longest, counts, batch_tokens, max_batch_size, overhead_tokens)
     return [order[i:j] for i, j in cuts]
 
@@ -120,12 +112,18 @@ def _fits(texts: int, longest: int, batch_tokens: int, max_batch_size: int) -> b
 
 
 def _fullest_cuts(
-    longest: list[int], counts: list[int], batch_tokens: int, max_batch_size: int
+    longest: list[int], counts: list[int] | None, batch_tokens: int, max_batch_size: int
 ) -> list[tuple[int, int]]:
     """(start, end) ranges of the sorted entries, each batch filled as far as the limits
-    allow (an entry over them alone)."""
+    allow (an entry over them alone). counts=None: one text per entry, so each batch's
+    size follows from its first (longest) entry at once."""
     cuts, start = [], 0
     while start < len(longest):
+        if counts is None:
+            size = max(1, min(max_batch_size, batch_tokens // max(longest[start], 1)))
+            cuts.append((start, min(start + size, len(longest))))
+            start += size
+            continue
         end, texts = start + 1, counts[start]
         while end < len(longest) and _fits(
             texts + counts[end], longest[start], batch_tokens, max_batch_size
