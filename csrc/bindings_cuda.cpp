@@ -105,7 +105,11 @@ void check_dtype(int dtype) {
 
 }  // namespace
 
-PYBIND11_MODULE(_cuda, m) {
+#ifndef EMBENGINE_CUDA_MODULE
+#define EMBENGINE_CUDA_MODULE _cuda  // _cuda_sim when built for the simulator
+#endif
+
+PYBIND11_MODULE(EMBENGINE_CUDA_MODULE, m) {
   m.doc() = "embengine CUDA kernels (raw device pointers; use embengine.ops instead)";
   m.def("device_count", &device_count, "CUDA devices visible (0 without a driver or GPU).");
   m.def("device_status", &device_status,

@@ -1,13 +1,16 @@
 """The GPU path's logic on the CPU: dispatch, empty inputs, tiling, splits, counters.
 
 No GPU runs here. `FakeDeviceArray` is host memory that exposes __cuda_array_interface__
-(so the ops dispatch it to the CUDA path), and `FakeKernels` does what each CUDA kernel
+(so the ops dispatch it to the CUDA path), and the kernels come in two kinds (the
+`fake_gpu` fixture runs every test with each): `FakeKernels` does what each CUDA kernel
 does, in numpy, on the raw addresses the driver hands it (pairs re-score with the very
-helper the CUDA kernel calls, _native.dot_lanes8). What this checks is the Python driver
+helper the CUDA kernel calls, _native.dot_lanes8); `SimKernels` runs the real kernel code
+of csrc/cuda, compiled for the CPU by the block/warp emulator (embengine._cuda_sim, see
+csrc/include/embengine/cuda_sim.h). What this checks is the Python driver
 (embengine/ops/similarity.py): which kernel runs, with which pointers and sizes, how tiles
 and column splits are cut and merged, that float16 data is never converted whole, that empty
-inputs never reach a kernel, and that the non-finite counter is read once per call. The
-kernels themselves are checked against the CPU by the gpu-marked tests.
+inputs never reach a kernel, and that the non-finite counter is read once per call; with
+SimKernels, also the kernels' own results. On a GPU the gpu-marked tests do the same.
 """
 
 from __future__ import annotations
@@ -173,6 +176,35 @@ class FakeKernels:
             view(nf, "int64", (1,))[0] += int((~np.isfinite(scores)).sum())
 
 
+def cuda_sim() -> Any:
+    """The CUDA kernels built for the CPU emulator, or a skip saying why they are absent."""
+    try:
+        from embengine import _cuda_sim
+    except ImportError as exc:
+        pytest.skip(f"embengine._cuda_sim was not built (EMBENGINE_CUDA_SIM=OFF?): {exc}")
+    return _cuda_sim
+
+
+class SimKernels:
+    """The real CUDA kernels (emulated on the CPU), logging calls as FakeKernels does."""
+
+    def __init__(self) -> None:
+        self.module = cuda_sim()
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        kernel = getattr(self.module, name)
+
+        def call(*args: Any) -> Any:
+            if name == "topk_select":
+                self.calls.append(f"topk_select(splits={args[6]}, init={args[15]})")
+            elif name not in ("device_properties", "device_status", "build_info"):
+                self.calls.append(name)
+            return kernel(*args)
+
+        return call
+
+
 class NumpyGpu(similarity._Gpu):
     """similarity._Gpu on host memory: framework calls in numpy, kernels from FakeKernels."""
 
@@ -227,10 +259,12 @@ class NumpyGpu(similarity._Gpu):
         return int((~np.isfinite(np.asarray(a))).sum())
 
 
-@pytest.fixture
-def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> FakeKernels:
-    kernels = FakeKernels()
+@pytest.fixture(params=["numpy", "sim"])
+def fake_gpu(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> FakeKernels:
+    """A GPU on the host: NumpyGpu for the framework, numpy twins or the emulated kernels."""
+    kernels = FakeKernels() if request.param == "numpy" else SimKernels()
     monkeypatch.setattr(NumpyGpu, "kernels_in_use", kernels)
+    monkeypatch.setattr(ops, "cuda_module", lambda: kernels)
     monkeypatch.setattr(NumpyGpu, "converted", [])
     monkeypatch.setattr(NumpyGpu, "reads", 0)
     monkeypatch.setattr(similarity, "_Gpu", NumpyGpu)

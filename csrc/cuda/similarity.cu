@@ -1,8 +1,6 @@
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <cmath>
 
+#include "embengine/cuda_compat.h"
 #include "embengine/similarity.h"
 #include "embengine/similarity_cuda.h"
 
@@ -28,7 +26,7 @@ template <typename T>
 __global__ void dot_scores_kernel(const float* __restrict__ queries, int64_t q,
                                   const T* __restrict__ base, int64_t m, int64_t d,
                                   float* __restrict__ out, int64_t ld, int64_t q_shared) {
-  extern __shared__ float sq[];  // q_shared x d queries
+  EMB_DYNAMIC_SHARED(float, sq);  // q_shared x d queries
   const int lane = threadIdx.x % 32;
   const int64_t warps_per_block = blockDim.x / 32;
   const int64_t warp0 = static_cast<int64_t>(blockIdx.x) * warps_per_block + threadIdx.x / 32;
@@ -291,15 +289,15 @@ void dot_scores(const float* queries, int64_t q, const void* base, DType dtype, 
   if (blocks > 65535) blocks = 65535;  // grid-stride beyond: every SM stays busy
   switch (dtype) {
     case DType::f32:
-      dot_scores_kernel<<<blocks, kThreads, shared, stream>>>(
+      EMB_LAUNCH(dot_scores_kernel, blocks, kThreads, shared, stream)(
           queries, q, static_cast<const float*>(base), m, d, out, ld, q_shared);
       break;
     case DType::f16:
-      dot_scores_kernel<<<blocks, kThreads, shared, stream>>>(
+      EMB_LAUNCH(dot_scores_kernel, blocks, kThreads, shared, stream)(
           queries, q, static_cast<const __half*>(base), m, d, out, ld, q_shared);
       break;
     case DType::bf16:
-      dot_scores_kernel<<<blocks, kThreads, shared, stream>>>(
+      EMB_LAUNCH(dot_scores_kernel, blocks, kThreads, shared, stream)(
           queries, q, static_cast<const __nv_bfloat16*>(base), m, d, out, ld, q_shared);
       break;
   }
@@ -315,7 +313,7 @@ void topk_select(const float* tile, int64_t q, int64_t m, int64_t ld, const int6
   if (q > 65535) throw std::invalid_argument("topk_select: at most 65535 rows per tile");
   clear_stale_error("topk_select");
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(q));
-  topk_select_kernel<<<grid, kThreads, 0, stream>>>(tile, m, ld, tile_ids, base_offset, splits,
+  EMB_LAUNCH(topk_select_kernel, grid, kThreads, 0, stream)(tile, m, ld, tile_ids, base_offset, splits,
                                                     span, exclude_self, self_offset,
                                                     list_scores, list_ids, scratch_scores,
                                                     scratch_ids, k, init, not_finite);
@@ -334,7 +332,7 @@ void pairs_in_tile(const float* tile, int64_t nr, int64_t nc, int64_t ld, const 
   const dim3 grid(static_cast<unsigned>(col_blocks < 64 ? col_blocks : 64),
                   static_cast<unsigned>(nr));
   const float candidate = threshold - margin;  // in float, exactly as the CPU computes it
-  pairs_kernel<<<grid, kThreads, 0, stream>>>(tile, nr, nc, ld, rows, cols, d, row0, col0,
+  EMB_LAUNCH(pairs_kernel, grid, kThreads, 0, stream)(tile, nr, nc, ld, rows, cols, d, row0, col0,
                                               threshold, candidate, upper_only, out_i, out_j,
                                               out_score, capacity, count, not_finite);
   check(cudaGetLastError(), "pairs_in_tile");
@@ -348,15 +346,15 @@ void nearest_centroid(const void* x, DType dtype, int64_t n, const float* centro
   const int64_t blocks = blocks_for_warps(n);
   switch (dtype) {
     case DType::f32:
-      nearest_centroid_kernel<<<blocks, kThreads, 0, stream>>>(
+      EMB_LAUNCH(nearest_centroid_kernel, blocks, kThreads, 0, stream)(
           static_cast<const float*>(x), n, centroids, c, d, best_score, best_index, not_finite);
       break;
     case DType::f16:
-      nearest_centroid_kernel<<<blocks, kThreads, 0, stream>>>(
+      EMB_LAUNCH(nearest_centroid_kernel, blocks, kThreads, 0, stream)(
           static_cast<const __half*>(x), n, centroids, c, d, best_score, best_index, not_finite);
       break;
     case DType::bf16:
-      nearest_centroid_kernel<<<blocks, kThreads, 0, stream>>>(
+      EMB_LAUNCH(nearest_centroid_kernel, blocks, kThreads, 0, stream)(
           static_cast<const __nv_bfloat16*>(x), n, centroids, c, d, best_score, best_index,
           not_finite);
       break;
@@ -368,7 +366,7 @@ void tile_argmax(const float* tile, int64_t n, int64_t c, int64_t ld, float* bes
                  int64_t* best_index, unsigned long long* not_finite, cudaStream_t stream) {
   if (n == 0 || c == 0) return;
   clear_stale_error("tile_argmax");
-  tile_argmax_kernel<<<blocks_for_warps(n), kThreads, 0, stream>>>(tile, n, c, ld, best_score,
+  EMB_LAUNCH(tile_argmax_kernel, blocks_for_warps(n), kThreads, 0, stream)(tile, n, c, ld, best_score,
                                                                    best_index, not_finite);
   check(cudaGetLastError(), "tile_argmax");
 }
