@@ -23,6 +23,7 @@ import pytest
 
 from embengine import _native, ops
 from embengine.device import Device, describe_cuda_status
+from embengine.errors import InvalidInputError
 from embengine.ops import reference, similarity
 from embengine.ops._arrays import CudaArray, cuda_array, is_cuda_array
 
@@ -55,6 +56,9 @@ class FakeDeviceArray(np.ndarray):
     @property
     def device(self) -> _FakeDevice:
         return _FakeDevice(self.gpu)
+
+    def get(self) -> np.ndarray:  # CuPy's copy to the host
+        return np.array(self.view(np.ndarray))
 
 
 def dev(a: np.ndarray, gpu: int = 0) -> FakeDeviceArray:
@@ -259,10 +263,8 @@ class NumpyGpu(similarity._Gpu):
         return int((~np.isfinite(np.asarray(a))).sum())
 
 
-@pytest.fixture(params=["numpy", "sim"])
-def fake_gpu(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> FakeKernels:
-    """A GPU on the host: NumpyGpu for the framework, numpy twins or the emulated kernels."""
-    kernels = FakeKernels() if request.param == "numpy" else SimKernels()
+def install_host_gpu(kernels: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Make the ops' CUDA path run on the host: NumpyGpu for the framework, `kernels` below."""
     monkeypatch.setattr(NumpyGpu, "kernels_in_use", kernels)
     monkeypatch.setattr(ops, "cuda_module", lambda: kernels)
     monkeypatch.setattr(NumpyGpu, "converted", [])
@@ -270,6 +272,13 @@ def fake_gpu(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(similarity, "_Gpu", NumpyGpu)
     monkeypatch.setattr(CudaArray, "stream", lambda self: 0)
     return kernels
+
+
+@pytest.fixture(params=["numpy", "sim"])
+def fake_gpu(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> FakeKernels:
+    """A GPU on the host, with the numpy twins or the emulated kernels."""
+    kernels = FakeKernels() if request.param == "numpy" else SimKernels()
+    return install_host_gpu(kernels, monkeypatch)
 
 
 def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -555,3 +564,124 @@ def test_split_queries_carry_float32_accuracy(
     once = parts[0].double() @ base.double().T
     assert float((split - exact).abs().max()) < 2e-6
     assert float((once - exact).abs().max()) > 2e-5  # a plain half matmul misses the tolerance
+
+
+# ---- the kernels themselves, emulated: what the driver tests above do not reach ----
+#
+# The emulator must notice broken kernels, or a passing kernel test proves little; then the
+# kernels no driver test reaches: pooling, row normalisation, compact codes, top-k corners.
+
+
+@pytest.fixture
+def sim_gpu(monkeypatch: pytest.MonkeyPatch) -> SimKernels:
+    return install_host_gpu(SimKernels(), monkeypatch)
+
+
+# ---- the emulator notices broken kernels ----
+
+
+def test_a_missing_barrier_gives_a_wrong_result() -> None:
+    sim = cuda_sim()
+    assert sim.selftest_block_sum(1.0, True) == 256.0
+    assert sim.selftest_block_sum(2.0, True) == 512.0
+    # without the barrier, thread 0 reads slots before (some) other threads wrote them
+    assert sim.selftest_block_sum(3.0, False) != 768.0
+
+
+def test_a_divergent_warp_raises_instead_of_hanging() -> None:
+    with pytest.raises(RuntimeError, match="deadlocks: some lanes of warp 0 wait"):
+        cuda_sim().selftest_divergent_warp()
+
+
+def test_a_shuffle_naming_an_exited_lane_raises() -> None:
+    with pytest.raises(RuntimeError, match="names lane 5 in its mask, but that lane exited"):
+        cuda_sim().selftest_exited_lane_shuffle()
+
+
+def test_exited_threads_do_not_hold_a_barrier_up() -> None:
+    assert cuda_sim().selftest_early_exit_barrier() == 128 * 1.0 + 128 * 2.0
+
+
+def test_the_simulated_device_says_what_it_is() -> None:
+    sim = cuda_sim()
+    assert sim.device_count() == 1
+    assert "simulator" in sim.device_properties(0)["name"]
+    assert sim.build_info()["cuda_archs"] == "simulator"
+
+
+# ---- pooling and normalisation kernels ----
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_mean_pool_normalize_kernel_matches_the_cpu(
+    sim_gpu: SimKernels, rng: np.random.Generator, dtype: type
+) -> None:
+    states = rng.standard_normal((7, 13, 40)).astype(dtype)
+    mask = (rng.random((7, 13)) < 0.6).astype(np.int32)
+    mask[:, 0] = 1
+    mask[3] = 0  # a row of padding only: zeros
+    got = host(ops.mean_pool_normalize(dev(states), dev(mask)))
+    np.testing.assert_allclose(got, ops.mean_pool_normalize(states, mask), atol=1e-6)
+    assert (got[3] == 0).all()
+    assert sim_gpu.calls == ["mean_pool_normalize"]
+    states[5, np.argmax(mask[5])] = np.nan
+    with pytest.raises(InvalidInputError, match="NaN or inf values in a real token of row 5"):
+        ops.mean_pool_normalize(dev(states), dev(mask))
+
+
+def test_normalize_rows_kernel_matches_the_cpu(
+    sim_gpu: SimKernels, rng: np.random.Generator
+) -> None:
+    x = rng.standard_normal((9, 300)).astype(np.float32)
+    x[2] = 0.0  # stays zero
+    x[4] *= 1e20  # its sum of squares overflows float32: scaled first
+    want = ops.normalize_rows_(x.copy())
+    got = dev(x)
+    ops.normalize_rows_(got)
+    np.testing.assert_allclose(host(got), want, atol=1e-6)
+    assert (host(got)[2] == 0).all()
+    x[7, 3] = np.inf
+    with pytest.raises(InvalidInputError, match=r"x has NaN or inf values \(first in row 7"):
+        ops.normalize_rows_(dev(x))
+
+
+# ---- compact codes ----
+
+
+@pytest.mark.parametrize("d", [384, 30])  # whole 4-byte words (dp4a) or byte by byte
+def test_int8_kernel_matches_the_cpu(sim_gpu: SimKernels, rng: np.random.Generator, d: int) -> None:
+    codes = rng.integers(-128, 128, (3000, d), dtype=np.int8)
+    queries = rng.integers(-127, 128, (3, d), dtype=np.int8)
+    got = [host(a) for a in ops.topk_int8(dev(queries), dev(codes), 12)]
+    for g, w in zip(got, ops.topk_int8(queries, codes, 12), strict=True):
+        np.testing.assert_array_equal(g, w)
+    assert "int8_dot_scores" in sim_gpu.calls
+
+
+@pytest.mark.parametrize("nbytes", [48, 5])
+def test_hamming_kernel_matches_the_cpu(
+    sim_gpu: SimKernels, rng: np.random.Generator, nbytes: int
+) -> None:
+    bits = rng.integers(0, 256, (3000, nbytes), dtype=np.uint8)
+    queries = rng.integers(0, 256, (2, nbytes), dtype=np.uint8)
+    got = [host(a) for a in ops.topk_hamming(dev(queries), dev(bits), 9)]
+    for g, w in zip(got, ops.topk_hamming(queries, bits, 9), strict=True):
+        np.testing.assert_array_equal(g, w)
+    assert "hamming_scores" in sim_gpu.calls
+
+
+# ---- top-k corners ----
+
+
+@pytest.mark.parametrize("seed", ["1", "2", "3"])
+def test_topk_is_exact_in_any_thread_order(
+    sim_gpu: SimKernels, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, seed: str
+) -> None:
+    monkeypatch.setenv("EMBENGINE_CUDA_SIM_SEED", seed)
+    base = rng.integers(-2, 3, size=(1500, 6)).astype(np.float32)
+    base = np.concatenate([base, base])  # ties everywhere: the lower id first
+    for q, k in ((1, 10), (2, 1500), (40, 7)):  # 1500 > one 1024-column chunk
+        scores, ids = ops.topk_cosine(dev(base[:q]), dev(base), k, exclude_self=True)
+        want = reference.topk_cosine(base[:q], base, k, exclude_self=True)
+        np.testing.assert_array_equal(host(ids), want[1])
+        np.testing.assert_array_equal(host(scores), want[0])

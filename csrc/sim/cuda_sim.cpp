@@ -212,7 +212,9 @@ void run_block(unsigned threads) {
     }
     if (live == 0) return;
     if (at_barrier != live) stuck("deadlocks: threads wait at different barriers");
-    for (unsigned t = 0; t < threads; ++t) fibers[t].state = State::ready;
+    for (unsigned t = 0; t < threads; ++t) {
+      if (fibers[t].state == State::at_barrier) fibers[t].state = State::ready;
+    }
     ++barrier_generation;
     barrier_votes[barrier_generation & 1] = 0;  // its readers all passed the barrier before
   }
