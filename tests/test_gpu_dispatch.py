@@ -685,3 +685,17 @@ def test_topk_is_exact_in_any_thread_order(
         want = reference.topk_cosine(base[:q], base, k, exclude_self=True)
         np.testing.assert_array_equal(host(ids), want[1])
         np.testing.assert_array_equal(host(scores), want[0])
+
+
+@pytest.mark.parametrize("k", [1, 255, 1024, 1025])
+def test_topk_when_every_score_is_a_candidate(sim_gpu: SimKernels, k: int) -> None:
+    """Ascending scores beat the running k-th entry every time: the buffer fills and flushes
+    at every step, at every sort size, and the merged spans must still give the exact list."""
+    n = 9000
+    base = np.stack([np.arange(n, dtype=np.float32) / n, np.zeros(n, np.float32)], axis=1)
+    for q in (1, 40):
+        queries = np.tile(np.array([[1.0, 0.0]], np.float32), (q, 1))
+        scores, ids = ops.topk_cosine(dev(queries), dev(base), k)
+        want = reference.topk_cosine(queries, base, k)
+        np.testing.assert_array_equal(host(ids), want[1])
+        np.testing.assert_array_equal(host(scores), want[0])

@@ -61,10 +61,14 @@ __global__ void dot_scores_kernel(const float* __restrict__ queries, int64_t q,
   }
 }
 
-// Top-k selection. Block (s, r) takes columns [s * span, min(m, (s + 1) * span)) of tile row r
-// kChunk at a time: a chunk that cannot beat the current k-th entry is skipped; otherwise it
-// is bitonic-sorted in shared memory and merged with the running list by merge path (one
-// output position per thread), ping-ponging between the list and its scratch.
+// Top-k selection. Block (s, r) takes columns [s * span, min(m, (s + 1) * span)) of tile row r,
+// one column per thread per step. Only a score that ranks before the running k-th entry is a
+// candidate: it is appended to a shared buffer (one shared atomic). When the buffer could
+// overflow on the next step, and at the end, it is bitonic-sorted (at the next power of two
+// of its fill, not at full size) and merged with the running list by merge path (one output
+// position per thread), ping-ponging between the list and its scratch. After the list fills,
+// candidates are rare (about k ln(span / k) in all on random data), so a span costs one read
+// of its scores and a sort or two, not one sort per 1024 columns.
 __global__ void topk_select_kernel(const float* __restrict__ tile, int64_t m, int64_t ld,
                                    const int64_t* __restrict__ tile_ids, int64_t base_offset,
                                    int64_t splits, int64_t span, bool exclude_self,
@@ -73,6 +77,7 @@ __global__ void topk_select_kernel(const float* __restrict__ tile, int64_t m, in
                                    unsigned long long* not_finite) {
   __shared__ float cs[kChunk];
   __shared__ int64_t ci[kChunk];
+  __shared__ int slot;  // next free buffer position (equal to `fill` between steps)
   const int64_t split = blockIdx.x;
   const int64_t row = blockIdx.y;
   const int64_t list = row * splits + split;
@@ -90,56 +95,58 @@ __global__ void topk_select_kernel(const float* __restrict__ tile, int64_t m, in
       cur_s[p] = -INFINITY;
       cur_i[p] = kNoId;
     }
-    __syncthreads();
   }
+  if (threadIdx.x == 0) slot = 0;
+  __syncthreads();
+  float worst_s = cur_s[k - 1];
+  int64_t worst_i = cur_i[k - 1];
+  int fill = 0;  // block-uniform: every thread adds the same __syncthreads_count
   int64_t bad = 0;
-  for (int64_t c0 = begin; c0 < end; c0 += kChunk) {
-    const float worst_s = cur_s[k - 1];
-    const int64_t worst_i = cur_i[k - 1];
-    int improves = 0;
-    for (int t = threadIdx.x; t < kChunk; t += blockDim.x) {
-      const int64_t col = c0 + t;
-      float s = -INFINITY;
-      int64_t id = kNoId;
-      if (col < end) {
-        s = scores[col];
-        id = ids == nullptr ? base_offset + col : ids[col];
-        if (id == kNoId) {
-          s = -INFINITY;  // an empty slot of a merged list: not a score
-        } else if (!score_is_finite(s)) {
-          ++bad;  // NaN / inf data or overflow: counted, never ranked
-          s = -INFINITY;
-          id = kNoId;
-        } else if (id == self_id) {
-          s = -INFINITY;
-          id = kNoId;
-        }
+  for (int64_t c0 = begin; c0 < end; c0 += blockDim.x) {
+    const int64_t col = c0 + threadIdx.x;
+    int candidate = 0;
+    if (col < end) {
+      const float s = scores[col];
+      const int64_t id = ids == nullptr ? base_offset + col : ids[col];
+      if (id != kNoId && !score_is_finite(s)) {
+        ++bad;  // NaN / inf data or overflow: counted, never ranked
+      } else if (id != kNoId && id != self_id && ranks_before(s, id, worst_s, worst_i)) {
+        candidate = 1;  // (an empty slot of a merged list, id -1, is not a score)
+        const int pos = atomicAdd(&slot, 1);
+        cs[pos] = s;
+        ci[pos] = id;
       }
-      cs[t] = s;
-      ci[t] = id;
-      improves |= id != kNoId && ranks_before(s, id, worst_s, worst_i);
     }
-    if (!__syncthreads_or(improves)) continue;
+    fill += __syncthreads_count(candidate);  // also makes the appended entries visible
+    const bool last = c0 + static_cast<int64_t>(blockDim.x) >= end;
+    if (fill == 0 || (fill + static_cast<int>(blockDim.x) <= kChunk && !last)) continue;
 
-    for (int64_t stage = 2; stage <= kChunk; stage *= 2) {
-      for (int64_t stride = stage / 2; stride > 0; stride /= 2) {
-        for (int t = threadIdx.x; t < kChunk; t += blockDim.x) {
+    const int size = static_cast<int>(next_pow2(fill));
+    for (int t = fill + threadIdx.x; t < size; t += blockDim.x) {
+      cs[t] = -INFINITY;  // padding ranks after every real entry
+      ci[t] = kNoId;
+    }
+    __syncthreads();
+    for (int stage = 2; stage <= size; stage *= 2) {
+      for (int stride = stage / 2; stride > 0; stride /= 2) {
+        for (int t = threadIdx.x; t < size; t += blockDim.x) {
           const int64_t p = bitonic_partner(t, stride);
           if (p >= 0 && bitonic_should_swap(cs[t], ci[t], cs[p], ci[p], t, stage)) {
-            const float s = cs[t];
+            const float sv = cs[t];
             cs[t] = cs[p];
-            cs[p] = s;
-            const int64_t i = ci[t];
+            cs[p] = sv;
+            const int64_t iv = ci[t];
             ci[t] = ci[p];
-            ci[p] = i;
+            ci[p] = iv;
           }
         }
         __syncthreads();
       }
     }
     for (int64_t p = threadIdx.x; p < k; p += blockDim.x) {
-      merge_path_entry(cur_s, cur_i, k, cs, ci, kChunk, p, &nxt_s[p], &nxt_i[p]);
+      merge_path_entry(cur_s, cur_i, k, cs, ci, size, p, &nxt_s[p], &nxt_i[p]);
     }
+    if (threadIdx.x == 0) slot = 0;
     __syncthreads();  // the new list is complete (and visible to the block) before it is read
     float* ts = cur_s;
     cur_s = nxt_s;
@@ -147,6 +154,9 @@ __global__ void topk_select_kernel(const float* __restrict__ tile, int64_t m, in
     int64_t* ti = cur_i;
     cur_i = nxt_i;
     nxt_i = ti;
+    worst_s = cur_s[k - 1];
+    worst_i = cur_i[k - 1];
+    fill = 0;
   }
   if (cur_s != list_s + list * k) {  // an odd number of merges left the list in scratch
     for (int64_t p = threadIdx.x; p < k; p += blockDim.x) {

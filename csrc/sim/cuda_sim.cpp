@@ -111,7 +111,7 @@ Context scheduler;
 unsigned running = 0;                     // index of the fiber now running
 const std::function<void()>* body = nullptr;
 std::vector<unsigned char> shared_memory;  // dynamic shared memory of the running block
-int barrier_votes[2] = {0, 0};             // __syncthreads_or, by barrier generation parity
+int barrier_votes[2] = {0, 0};             // __syncthreads_count, by barrier generation parity
 unsigned barrier_generation = 0;
 std::vector<unsigned> warp_generation;      // per warp
 std::vector<uint64_t> warp_values;          // [warp][parity][lane]
@@ -254,7 +254,7 @@ void* dynamic_shared() { return shared_memory.data(); }
 
 int block_barrier(int vote) {
   const unsigned parity = barrier_generation & 1;
-  if (vote) barrier_votes[parity] = 1;
+  if (vote) ++barrier_votes[parity];
   wait(State::at_barrier);
   return barrier_votes[parity];
 }

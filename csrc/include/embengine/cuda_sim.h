@@ -47,7 +47,7 @@ void run_grid(dim3 grid, dim3 block, size_t shared_bytes, const std::function<vo
 /// The running block's dynamic shared memory.
 void* dynamic_shared();
 
-/// Block barrier; returns whether any thread passed a nonzero `vote`.
+/// Block barrier; returns how many threads passed a nonzero `vote`.
 int block_barrier(int vote);
 
 /// Warp exchange: this lane's value in, the 32 lanes' values out (valid until this lane's
@@ -98,7 +98,8 @@ T from_bits(uint64_t bits) {
 // ---- device functions ----
 
 inline void __syncthreads() { embengine::sim::block_barrier(0); }
-inline int __syncthreads_or(int vote) { return embengine::sim::block_barrier(vote != 0); }
+inline int __syncthreads_or(int vote) { return embengine::sim::block_barrier(vote != 0) != 0; }
+inline int __syncthreads_count(int vote) { return embengine::sim::block_barrier(vote != 0); }
 
 template <class T>
 T __shfl_sync(unsigned mask, T v, int src) {
