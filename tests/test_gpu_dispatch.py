@@ -548,7 +548,7 @@ def test_embed_output_is_checked_and_torch_on_the_cpu_is_a_view(engine: Any) -> 
 
 @pytest.mark.parametrize(("dtype", "terms"), [("float16", 2), ("bfloat16", 3)])
 def test_split_queries_carry_float32_accuracy(
-    rng: np.random.Generator, dtype: str, terms: int
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, dtype: str, terms: int
 ) -> None:
     """Many-query top-k over a float16 / bfloat16 base multiplies on tensor cores: the
     float32 queries become a sum of half terms whose products with the (exactly half) base
@@ -564,6 +564,14 @@ def test_split_queries_carry_float32_accuracy(
     once = parts[0].double() @ base.double().T
     assert float((split - exact).abs().max()) < 2e-6
     assert float((once - exact).abs().max()) > 2e-5  # a plain half matmul misses the tolerance
+    # half_matmul: one product of the terms side by side with the base repeated as often
+    # (torch.mm's float32 output exists on CUDA only: a float64 stand-in does the product)
+    monkeypatch.setattr(torch, "mm", lambda a, b, out_dtype: (a.double() @ b.double()).float())
+    g = similarity._Gpu.__new__(similarity._Gpu)
+    wide = torch.cat(parts, dim=1)
+    assert float((g.half_matmul(wide, base).double() - exact).abs().max()) < 2e-6
+    flipped = g.half_matmul(wide, base, parts_left=False).double()
+    assert float((flipped - exact.T).abs().max()) < 2e-6
 
 
 # ---- the kernels themselves, emulated: what the driver tests above do not reach ----
