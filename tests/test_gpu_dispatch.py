@@ -707,3 +707,26 @@ def test_topk_when_every_score_is_a_candidate(sim_gpu: SimKernels, k: int) -> No
         want = reference.topk_cosine(queries, base, k)
         np.testing.assert_array_equal(host(ids), want[1])
         np.testing.assert_array_equal(host(scores), want[0])
+
+
+@pytest.mark.parametrize(
+    ("d", "dtype"),
+    [
+        (384, np.float16),  # 16-byte loads, 16 lanes a row
+        (64, np.float16),  # 8 lanes a row, 4 rows a warp
+        (96, np.float32),  # float32 vectors, 8 lanes a row
+        (40, np.float16),  # 5 vectors a row: too few lanes, the element kernel
+        (97, np.float32),  # unaligned rows: the element kernel
+    ],
+)
+def test_scan_scores_match_the_cpu_at_every_width(
+    sim_gpu: SimKernels, rng: np.random.Generator, d: int, dtype: type
+) -> None:
+    base = unit_rows(rng, 1001, d).astype(dtype)  # an odd count: a warp's last rows are empty
+    for q in (1, 11):  # 11 queries: a full group of 8 and a partial one
+        queries = unit_rows(rng, q, d)
+        scores, ids = ops.topk_cosine(dev(queries), dev(base), 20)
+        want = reference.topk_cosine(queries, base.astype(np.float32), 20)
+        np.testing.assert_allclose(host(scores), want[0], atol=2e-6)
+        assert (host(ids) == want[1]).mean() > 0.99
+    assert "dot_scores" in sim_gpu.calls

@@ -1,4 +1,5 @@
 #include <cmath>
+#include <cstdint>
 
 #include "embengine/cuda_compat.h"
 #include "embengine/similarity.h"
@@ -55,6 +56,73 @@ __global__ void dot_scores_kernel(const float* __restrict__ queries, int64_t q,
           float s = acc[j];
           for (int offset = 16; offset > 0; offset /= 2) s += __shfl_down_sync(0xffffffffu, s, offset);
           if (lane == 0) out[(q0 + g + j) * ld + row] = s;
+        }
+      }
+    }
+  }
+}
+
+// dot_scores, 16-byte loads: for rows of d = V * E elements (E = 16 bytes / element size)
+// starting 16-byte aligned. `group` lanes share a row (group = min(32, the largest power of
+// two dividing V), so every lane of a group loads the same number of vectors and a warp
+// covers 32 / group rows); each vector is converted once and met by the queries as float4
+// reads of shared memory; a group's partial sums meet by xor shuffles inside the group.
+template <typename T>
+__global__ void dot_scores_vec_kernel(const float* __restrict__ queries, int64_t q,
+                                      const T* __restrict__ base, int64_t m, int64_t d,
+                                      float* __restrict__ out, int64_t ld, int64_t q_shared,
+                                      int group) {
+  constexpr int E = 16 / sizeof(T);
+  EMB_DYNAMIC_SHARED(float, sq);  // q_shared x d queries
+  const int lane = threadIdx.x % 32;
+  const int sub = lane % group;
+  const int64_t rows_per_warp = 32 / group;
+  const int64_t vecs = d / E;
+  const int64_t warps_per_block = blockDim.x / 32;
+  const int64_t warp0 = static_cast<int64_t>(blockIdx.x) * warps_per_block + threadIdx.x / 32;
+  const int64_t warp_stride = static_cast<int64_t>(gridDim.x) * warps_per_block;
+  for (int64_t q0 = 0; q0 < q; q0 += q_shared) {
+    const int64_t qn = q - q0 < q_shared ? q - q0 : q_shared;
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < qn * d; i += blockDim.x) sq[i] = queries[q0 * d + i];
+    __syncthreads();
+    for (int64_t first = warp0 * rows_per_warp; first < m; first += warp_stride * rows_per_warp) {
+      const int64_t row = first + lane / group;
+      const bool valid = row < m;  // lanes past the end still join the shuffles
+      const uint4* br = reinterpret_cast<const uint4*>(base + (valid ? row : 0) * d);
+      for (int64_t g = 0; g < qn; g += kScoreQueries) {
+        float acc[kScoreQueries];
+#pragma unroll
+        for (int j = 0; j < kScoreQueries; ++j) acc[j] = 0.0f;
+        for (int64_t v = sub; v < vecs; v += group) {
+          uint4 raw = make_uint4(0u, 0u, 0u, 0u);
+          if (valid) raw = br[v];
+          const T* elements = reinterpret_cast<const T*>(&raw);
+          float x[E];
+#pragma unroll
+          for (int e = 0; e < E; ++e) x[e] = to_float(elements[e]);
+#pragma unroll
+          for (int j = 0; j < kScoreQueries; ++j) {
+            if (g + j >= qn) break;
+            const float4* qv = reinterpret_cast<const float4*>(sq + (g + j) * d + v * E);
+#pragma unroll
+            for (int h = 0; h < E / 4; ++h) {
+              const float4 w = qv[h];
+              acc[j] = fmaf(w.x, x[4 * h], acc[j]);
+              acc[j] = fmaf(w.y, x[4 * h + 1], acc[j]);
+              acc[j] = fmaf(w.z, x[4 * h + 2], acc[j]);
+              acc[j] = fmaf(w.w, x[4 * h + 3], acc[j]);
+            }
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < kScoreQueries; ++j) {
+          if (g + j >= qn) break;  // uniform across the warp: no divergent shuffle
+          float s = acc[j];
+          for (int offset = group / 2; offset > 0; offset /= 2) {
+            s += __shfl_xor_sync(0xffffffffu, s, offset);
+          }
+          if (sub == 0 && valid) out[(q0 + g + j) * ld + row] = s;
         }
       }
     }
@@ -285,6 +353,32 @@ __global__ void tile_argmax_kernel(const float* __restrict__ tile, int64_t n, in
 
 int64_t blocks_for_warps(int64_t warps) { return (warps * 32 + kThreads - 1) / kThreads; }
 
+// Lanes per row for 16-byte loads of rows of d elements of `bytes` each (0: not possible).
+int lanes_per_row(const void* base, int64_t d, int64_t bytes) {
+  const int64_t per_vector = 16 / bytes;
+  if (reinterpret_cast<std::uintptr_t>(base) % 16 != 0 || d % per_vector != 0) return 0;
+  const int64_t vecs = d / per_vector;
+  const int64_t group = vecs & -vecs;  // the largest power of two dividing vecs
+  return group >= 4 ? static_cast<int>(group < 32 ? group : 32) : 0;  // else too few lanes
+}
+
+template <typename T>
+void launch_dot_scores(const float* queries, int64_t q, const T* base, int64_t m, int64_t d,
+                       float* out, int64_t ld, int64_t q_shared, cudaStream_t stream) {
+  const size_t shared = static_cast<size_t>(q_shared * d) * sizeof(float);
+  const int group = lanes_per_row(base, d, sizeof(T));
+  const int64_t rows_per_warp = group == 0 ? 1 : 32 / group;
+  int64_t blocks = blocks_for_warps((m + rows_per_warp - 1) / rows_per_warp);
+  if (blocks > 65535) blocks = 65535;  // grid-stride beyond: every SM stays busy
+  if (group == 0) {
+    EMB_LAUNCH(dot_scores_kernel, blocks, kThreads, shared, stream)(queries, q, base, m, d, out,
+                                                                    ld, q_shared);
+  } else {
+    EMB_LAUNCH(dot_scores_vec_kernel, blocks, kThreads, shared, stream)(
+        queries, q, base, m, d, out, ld, q_shared, group);
+  }
+}
+
 }  // namespace
 
 void dot_scores(const float* queries, int64_t q, const void* base, DType dtype, int64_t m,
@@ -294,21 +388,18 @@ void dot_scores(const float* queries, int64_t q, const void* base, DType dtype, 
   int64_t q_shared = kMaxSharedQueryFloats / d;
   if (q_shared < 1) throw std::invalid_argument("dot_scores: dim is too large for the scan path");
   if (q_shared > q) q_shared = q;
-  const size_t shared = static_cast<size_t>(q_shared * d) * sizeof(float);
-  int64_t blocks = blocks_for_warps(m);
-  if (blocks > 65535) blocks = 65535;  // grid-stride beyond: every SM stays busy
   switch (dtype) {
     case DType::f32:
-      EMB_LAUNCH(dot_scores_kernel, blocks, kThreads, shared, stream)(
-          queries, q, static_cast<const float*>(base), m, d, out, ld, q_shared);
+      launch_dot_scores(queries, q, static_cast<const float*>(base), m, d, out, ld, q_shared,
+                        stream);
       break;
     case DType::f16:
-      EMB_LAUNCH(dot_scores_kernel, blocks, kThreads, shared, stream)(
-          queries, q, static_cast<const __half*>(base), m, d, out, ld, q_shared);
+      launch_dot_scores(queries, q, static_cast<const __half*>(base), m, d, out, ld, q_shared,
+                        stream);
       break;
     case DType::bf16:
-      EMB_LAUNCH(dot_scores_kernel, blocks, kThreads, shared, stream)(
-          queries, q, static_cast<const __nv_bfloat16*>(base), m, d, out, ld, q_shared);
+      launch_dot_scores(queries, q, static_cast<const __nv_bfloat16*>(base), m, d, out, ld,
+                        q_shared, stream);
       break;
   }
   check(cudaGetLastError(), "dot_scores");

@@ -108,6 +108,12 @@ T __shfl_sync(unsigned mask, T v, int src) {
 }
 
 template <class T>
+T __shfl_xor_sync(unsigned mask, T v, int lane_mask) {
+  const uint64_t* lanes = embengine::sim::warp_exchange(mask, embengine::sim::to_bits(v));
+  return embengine::sim::from_bits<T>(lanes[(embengine::sim::lane_id() ^ lane_mask) & 31]);
+}
+
+template <class T>
 T __shfl_down_sync(unsigned mask, T v, unsigned delta) {
   const uint64_t* lanes = embengine::sim::warp_exchange(mask, embengine::sim::to_bits(v));
   const unsigned src = static_cast<unsigned>(embengine::sim::lane_id()) + delta;
@@ -150,6 +156,16 @@ inline int __dp4a(int a, int b, int c) {
 
 inline float __int_as_float(int v) { return embengine::sim::from_bits<float>(static_cast<uint32_t>(v)); }
 inline float __uint_as_float(unsigned v) { return embengine::sim::from_bits<float>(v); }
+
+// ---- vector types (16-byte loads) ----
+
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
 
 // ---- half types: storage and exact conversion to float ----
 
