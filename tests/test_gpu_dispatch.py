@@ -730,3 +730,32 @@ def test_scan_scores_match_the_cpu_at_every_width(
         np.testing.assert_allclose(host(scores), want[0], atol=2e-6)
         assert (host(ids) == want[1]).mean() > 0.99
     assert "dot_scores" in sim_gpu.calls
+
+
+@pytest.mark.parametrize(
+    ("d", "dtype"),
+    [
+        (384, np.float16),  # 16 lanes a row, 3 vectors each in registers
+        (64, np.float32),  # 16 lanes, 1 vector each
+        (96, np.float16),  # 4 lanes, 3 vectors each
+        (1024, np.float32),  # 32 lanes, 8 vectors each: too many registers, the warp kernel
+        (33, np.float32),  # unaligned rows: the warp kernel
+    ],
+)
+def test_nearest_centroid_kernels_match_the_cpu(
+    sim_gpu: SimKernels, rng: np.random.Generator, d: int, dtype: type
+) -> None:
+    x = unit_rows(rng, 301, d).astype(dtype)  # an odd count: a warp's last rows are empty
+    x[17] = np.nan  # its row is counted, and never matched
+    for c in (1, 5, 64):
+        centroids = unit_rows(rng, c, d)
+        centroids[c // 2] = centroids[0]  # a tie: the lower index wins
+        with pytest.raises(ValueError, match=r"x has NaN or inf values \(first in row 17"):
+            ops.centroid_distance(dev(x), dev(centroids))
+        dist, nearest = ops.centroid_distance(dev(x), dev(centroids), check_finite=False)
+        want = reference.centroid_distance(x.astype(np.float32), centroids)
+        keep = np.arange(len(x)) != 17
+        np.testing.assert_allclose(host(dist)[keep], want[0][keep], atol=2e-6)
+        np.testing.assert_array_equal(host(nearest)[keep], want[1][keep])
+        assert host(nearest)[17] == -1
+    assert set(sim_gpu.calls) == {"nearest_centroid"}

@@ -317,6 +317,70 @@ __global__ void nearest_centroid_kernel(const T* __restrict__ x, int64_t n,
   }
 }
 
+// nearest_centroid, 16-byte loads (rows as in dot_scores_vec_kernel): a group of lanes per
+// row holds the row in registers (VPL vectors per lane, read once), and meets each centroid
+// with float4 reads; the xor-shuffle sum gives every lane of the group the same bits, so
+// they agree on the best centroid (lowest index on ties).
+template <typename T, int VPL>
+__global__ void nearest_centroid_vec_kernel(const T* __restrict__ x, int64_t n,
+                                            const float* __restrict__ centroids, int64_t c,
+                                            int64_t d, float* best_score, int64_t* best_index,
+                                            unsigned long long* not_finite, int group) {
+  constexpr int E = 16 / sizeof(T);
+  const int lane = threadIdx.x % 32;
+  const int sub = lane % group;
+  const int64_t rows_per_warp = 32 / group;
+  const int64_t first = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32 *
+                        rows_per_warp;
+  if (first >= n) return;  // whole warps only: every lane of a warp agrees
+  const int64_t row = first + lane / group;
+  const bool valid = row < n;  // lanes past the end still join the shuffles
+  const uint4* xr = reinterpret_cast<const uint4*>(x + (valid ? row : 0) * d);
+  float xv[VPL * E];
+#pragma unroll
+  for (int r = 0; r < VPL; ++r) {
+    uint4 raw = make_uint4(0u, 0u, 0u, 0u);
+    if (valid) raw = xr[sub + r * group];
+    const T* elements = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int e = 0; e < E; ++e) xv[r * E + e] = to_float(elements[e]);
+  }
+  float best = -INFINITY;
+  int64_t arg = kNoId;
+  bool finite = true;
+  for (int64_t j = 0; j < c; ++j) {
+    const float4* cr = reinterpret_cast<const float4*>(centroids + j * d);
+    float s = 0.0f;
+#pragma unroll
+    for (int r = 0; r < VPL; ++r) {
+#pragma unroll
+      for (int h = 0; h < E / 4; ++h) {
+        const float4 w = __ldg(cr + (sub + r * group) * (E / 4) + h);
+        s = fmaf(w.x, xv[r * E + 4 * h], s);
+        s = fmaf(w.y, xv[r * E + 4 * h + 1], s);
+        s = fmaf(w.z, xv[r * E + 4 * h + 2], s);
+        s = fmaf(w.w, xv[r * E + 4 * h + 3], s);
+      }
+    }
+    for (int offset = group / 2; offset > 0; offset /= 2) {
+      s += __shfl_xor_sync(0xffffffffu, s, offset);
+    }
+    if (!score_is_finite(s)) {
+      finite = false;
+      continue;
+    }
+    if (ranks_before(s, j, best, arg)) {
+      best = s;
+      arg = j;
+    }
+  }
+  if (sub == 0 && valid) {
+    best_score[row] = best;
+    best_index[row] = arg;
+    if (!finite) count_not_finite(not_finite, 1);
+  }
+}
+
 // One warp per row of an (n, c) score tile: the best column (lowest on ties).
 __global__ void tile_argmax_kernel(const float* __restrict__ tile, int64_t n, int64_t c,
                                    int64_t ld, float* best_score, int64_t* best_index,
@@ -439,25 +503,63 @@ void pairs_in_tile(const float* tile, int64_t nr, int64_t nc, int64_t ld, const 
   check(cudaGetLastError(), "pairs_in_tile");
 }
 
+namespace {
+
+// The register kernel when rows allow 16-byte loads with at most 4 vectors a lane, else the
+// warp-per-row kernel.
+template <typename T>
+void launch_nearest_centroid(const T* x, int64_t n, const float* centroids, int64_t c,
+                             int64_t d, float* best_score, int64_t* best_index,
+                             unsigned long long* not_finite, cudaStream_t stream) {
+  const int group = reinterpret_cast<std::uintptr_t>(centroids) % 16 == 0
+                        ? lanes_per_row(x, d, sizeof(T))
+                        : 0;
+  const int64_t per_lane = group == 0 ? 0 : d / static_cast<int64_t>(16 / sizeof(T)) / group;
+  if (per_lane < 1 || per_lane > 4) {
+    EMB_LAUNCH(nearest_centroid_kernel, blocks_for_warps(n), kThreads, 0, stream)(
+        x, n, centroids, c, d, best_score, best_index, not_finite);
+    return;
+  }
+  const int64_t blocks = blocks_for_warps((n + 32 / group - 1) / (32 / group));
+  switch (per_lane) {
+    case 1:
+      EMB_LAUNCH((nearest_centroid_vec_kernel<T, 1>), blocks, kThreads, 0, stream)(
+          x, n, centroids, c, d, best_score, best_index, not_finite, group);
+      break;
+    case 2:
+      EMB_LAUNCH((nearest_centroid_vec_kernel<T, 2>), blocks, kThreads, 0, stream)(
+          x, n, centroids, c, d, best_score, best_index, not_finite, group);
+      break;
+    case 3:
+      EMB_LAUNCH((nearest_centroid_vec_kernel<T, 3>), blocks, kThreads, 0, stream)(
+          x, n, centroids, c, d, best_score, best_index, not_finite, group);
+      break;
+    default:
+      EMB_LAUNCH((nearest_centroid_vec_kernel<T, 4>), blocks, kThreads, 0, stream)(
+          x, n, centroids, c, d, best_score, best_index, not_finite, group);
+      break;
+  }
+}
+
+}  // namespace
+
 void nearest_centroid(const void* x, DType dtype, int64_t n, const float* centroids, int64_t c,
                       int64_t d, float* best_score, int64_t* best_index,
                       unsigned long long* not_finite, cudaStream_t stream) {
   if (n == 0) return;
   clear_stale_error("nearest_centroid");
-  const int64_t blocks = blocks_for_warps(n);
   switch (dtype) {
     case DType::f32:
-      EMB_LAUNCH(nearest_centroid_kernel, blocks, kThreads, 0, stream)(
-          static_cast<const float*>(x), n, centroids, c, d, best_score, best_index, not_finite);
+      launch_nearest_centroid(static_cast<const float*>(x), n, centroids, c, d, best_score,
+                              best_index, not_finite, stream);
       break;
     case DType::f16:
-      EMB_LAUNCH(nearest_centroid_kernel, blocks, kThreads, 0, stream)(
-          static_cast<const __half*>(x), n, centroids, c, d, best_score, best_index, not_finite);
+      launch_nearest_centroid(static_cast<const __half*>(x), n, centroids, c, d, best_score,
+                              best_index, not_finite, stream);
       break;
     case DType::bf16:
-      EMB_LAUNCH(nearest_centroid_kernel, blocks, kThreads, 0, stream)(
-          static_cast<const __nv_bfloat16*>(x), n, centroids, c, d, best_score, best_index,
-          not_finite);
+      launch_nearest_centroid(static_cast<const __nv_bfloat16*>(x), n, centroids, c, d,
+                              best_score, best_index, not_finite, stream);
       break;
   }
   check(cudaGetLastError(), "nearest_centroid");
