@@ -21,63 +21,55 @@ __device__ inline void count_not_finite(unsigned long long* counter, int64_t n) 
   if (n != 0 && counter != nullptr) atomicAdd(counter, static_cast<unsigned long long>(n));
 }
 
-// dot_scores: one warp per base row (grid-stride), lanes strided over d, so a row is read once
-// and coalesced at its own width; up to kScoreQueries queries per pass from shared memory.
-template <typename T>
-__global__ void dot_scores_kernel(const float* __restrict__ queries, int64_t q,
-                                  const T* __restrict__ base, int64_t m, int64_t d,
-                                  float* __restrict__ out, int64_t ld, int64_t q_shared) {
-  EMB_DYNAMIC_SHARED(float, sq);  // q_shared x d queries
-  const int lane = threadIdx.x % 32;
-  const int64_t warps_per_block = blockDim.x / 32;
-  const int64_t warp0 = static_cast<int64_t>(blockIdx.x) * warps_per_block + threadIdx.x / 32;
-  const int64_t warp_stride = static_cast<int64_t>(gridDim.x) * warps_per_block;
-  for (int64_t q0 = 0; q0 < q; q0 += q_shared) {
-    const int64_t qn = q - q0 < q_shared ? q - q0 : q_shared;
-    __syncthreads();
-    for (int64_t i = threadIdx.x; i < qn * d; i += blockDim.x) sq[i] = queries[q0 * d + i];
-    __syncthreads();
-    for (int64_t row = warp0; row < m; row += warp_stride) {
-      const T* br = base + row * d;
-      for (int64_t g = 0; g < qn; g += kScoreQueries) {
-        float acc[kScoreQueries];
+// Row chunks of E elements as float: E = 1 reads one element (any width, any alignment);
+// E = 16 / sizeof(T) reads one 16-byte vector (rows a multiple of 16 bytes, aligned).
+template <typename T, int E>
+__device__ inline void load_chunk(const T* row, int64_t v, bool valid, float* x) {
+  if constexpr (E == 1) {
+    x[0] = valid ? to_float(row[v]) : 0.0f;
+  } else {
+    uint4 raw = make_uint4(0u, 0u, 0u, 0u);
+    if (valid) raw = reinterpret_cast<const uint4*>(row)[v];
+    const T* elements = reinterpret_cast<const T*>(&raw);
 #pragma unroll
-        for (int j = 0; j < kScoreQueries; ++j) acc[j] = 0.0f;
-        for (int64_t p = lane; p < d; p += 32) {
-          const float v = to_float(br[p]);
-#pragma unroll
-          for (int j = 0; j < kScoreQueries; ++j) {
-            if (g + j < qn) acc[j] = fmaf(sq[(g + j) * d + p], v, acc[j]);
-          }
-        }
-#pragma unroll
-        for (int j = 0; j < kScoreQueries; ++j) {
-          if (g + j >= qn) break;  // uniform across the warp: no divergent shuffle
-          float s = acc[j];
-          for (int offset = 16; offset > 0; offset /= 2) s += __shfl_down_sync(0xffffffffu, s, offset);
-          if (lane == 0) out[(q0 + g + j) * ld + row] = s;
-        }
-      }
-    }
+    for (int e = 0; e < E; ++e) x[e] = to_float(elements[e]);
   }
 }
 
-// dot_scores, 16-byte loads: for rows of d = V * E elements (E = 16 bytes / element size)
-// starting 16-byte aligned. `group` lanes share a row (group = min(32, the largest power of
-// two dividing V), so every lane of a group loads the same number of vectors and a warp
-// covers 32 / group rows); each vector is converted once and met by the queries as float4
-// reads of shared memory; a group's partial sums meet by xor shuffles inside the group.
-template <typename T>
-__global__ void dot_scores_vec_kernel(const float* __restrict__ queries, int64_t q,
-                                      const T* __restrict__ base, int64_t m, int64_t d,
-                                      float* __restrict__ out, int64_t ld, int64_t q_shared,
-                                      int group) {
-  constexpr int E = 16 / sizeof(T);
+// dot(chunk of E floats at q, x) added to acc: float4 reads when E allows.
+template <int E>
+__device__ inline float chunk_dot(const float* q, const float* x, float acc) {
+  if constexpr (E % 4 == 0) {
+#pragma unroll
+    for (int h = 0; h < E / 4; ++h) {
+      const float4 w = reinterpret_cast<const float4*>(q)[h];
+      acc = fmaf(w.x, x[4 * h], acc);
+      acc = fmaf(w.y, x[4 * h + 1], acc);
+      acc = fmaf(w.z, x[4 * h + 2], acc);
+      acc = fmaf(w.w, x[4 * h + 3], acc);
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < E; ++e) acc = fmaf(q[e], x[e], acc);
+  }
+  return acc;
+}
+
+// dot_scores: `group` lanes share a base row (grid-stride; a warp covers 32 / group rows),
+// each lane reading every group-th chunk of E elements, so a row is read once, coalesced;
+// up to kScoreQueries queries per pass from shared memory; a group's partial sums meet by
+// xor shuffles inside the group. E = 1 with group = 32 takes any row; 16-byte chunks need
+// group | chunks per row (see lanes_per_row), so every lane of a group loads alike.
+template <typename T, int E>
+__global__ void dot_scores_kernel(const float* __restrict__ queries, int64_t q,
+                                  const T* __restrict__ base, int64_t m, int64_t d,
+                                  float* __restrict__ out, int64_t ld, int64_t q_shared,
+                                  int group) {
   EMB_DYNAMIC_SHARED(float, sq);  // q_shared x d queries
   const int lane = threadIdx.x % 32;
   const int sub = lane % group;
   const int64_t rows_per_warp = 32 / group;
-  const int64_t vecs = d / E;
+  const int64_t chunks = d / E;
   const int64_t warps_per_block = blockDim.x / 32;
   const int64_t warp0 = static_cast<int64_t>(blockIdx.x) * warps_per_block + threadIdx.x / 32;
   const int64_t warp_stride = static_cast<int64_t>(gridDim.x) * warps_per_block;
@@ -89,30 +81,17 @@ __global__ void dot_scores_vec_kernel(const float* __restrict__ queries, int64_t
     for (int64_t first = warp0 * rows_per_warp; first < m; first += warp_stride * rows_per_warp) {
       const int64_t row = first + lane / group;
       const bool valid = row < m;  // lanes past the end still join the shuffles
-      const uint4* br = reinterpret_cast<const uint4*>(base + (valid ? row : 0) * d);
+      const T* br = base + (valid ? row : 0) * d;
       for (int64_t g = 0; g < qn; g += kScoreQueries) {
         float acc[kScoreQueries];
 #pragma unroll
         for (int j = 0; j < kScoreQueries; ++j) acc[j] = 0.0f;
-        for (int64_t v = sub; v < vecs; v += group) {
-          uint4 raw = make_uint4(0u, 0u, 0u, 0u);
-          if (valid) raw = br[v];
-          const T* elements = reinterpret_cast<const T*>(&raw);
+        for (int64_t v = sub; v < chunks; v += group) {
           float x[E];
-#pragma unroll
-          for (int e = 0; e < E; ++e) x[e] = to_float(elements[e]);
+          load_chunk<T, E>(br, v, valid, x);
 #pragma unroll
           for (int j = 0; j < kScoreQueries; ++j) {
-            if (g + j >= qn) break;
-            const float4* qv = reinterpret_cast<const float4*>(sq + (g + j) * d + v * E);
-#pragma unroll
-            for (int h = 0; h < E / 4; ++h) {
-              const float4 w = qv[h];
-              acc[j] = fmaf(w.x, x[4 * h], acc[j]);
-              acc[j] = fmaf(w.y, x[4 * h + 1], acc[j]);
-              acc[j] = fmaf(w.z, x[4 * h + 2], acc[j]);
-              acc[j] = fmaf(w.w, x[4 * h + 3], acc[j]);
-            }
+            if (g + j < qn) acc[j] = chunk_dot<E>(sq + (g + j) * d + v * E, x, acc[j]);
           }
         }
 #pragma unroll
@@ -281,6 +260,18 @@ __global__ void pairs_kernel(const float* __restrict__ tile, int64_t nr, int64_t
   count_not_finite(not_finite, bad);
 }
 
+// A row's score with centroid j offered to its running best (lowest index on ties);
+// NaN / inf marks the row, never wins.
+__device__ inline void offer_centroid(float s, int64_t j, float* best, int64_t* arg,
+                                      bool* finite) {
+  if (!score_is_finite(s)) {
+    *finite = false;
+  } else if (ranks_before(s, j, *best, *arg)) {
+    *best = s;
+    *arg = j;
+  }
+}
+
 // One warp per row of x; the row's dot with each centroid is reduced to lane 0 and broadcast,
 // so every lane agrees bit for bit and ties go to the lower centroid index.
 template <typename T>
@@ -301,14 +292,7 @@ __global__ void nearest_centroid_kernel(const T* __restrict__ x, int64_t n,
     for (int64_t p = lane; p < d; p += 32) s = fmaf(to_float(xr[p]), __ldg(cr + p), s);
     for (int offset = 16; offset > 0; offset /= 2) s += __shfl_down_sync(0xffffffffu, s, offset);
     s = __shfl_sync(0xffffffffu, s, 0);
-    if (!score_is_finite(s)) {
-      finite = false;
-      continue;
-    }
-    if (ranks_before(s, j, best, arg)) {
-      best = s;
-      arg = j;
-    }
+    offer_centroid(s, j, &best, &arg, &finite);
   }
   if (lane == 0) {
     best_score[row] = best;
@@ -317,10 +301,10 @@ __global__ void nearest_centroid_kernel(const T* __restrict__ x, int64_t n,
   }
 }
 
-// nearest_centroid, 16-byte loads (rows as in dot_scores_vec_kernel): a group of lanes per
-// row holds the row in registers (VPL vectors per lane, read once), and meets each centroid
-// with float4 reads; the xor-shuffle sum gives every lane of the group the same bits, so
-// they agree on the best centroid (lowest index on ties).
+// nearest_centroid, 16-byte loads (rows as in dot_scores_kernel): a group of lanes per row
+// holds the row in registers (VPL chunks per lane, read once) and meets each centroid with
+// float4 reads; the xor-shuffle sum gives every lane of the group the same bits, so they
+// agree on the best centroid (lowest index on ties).
 template <typename T, int VPL>
 __global__ void nearest_centroid_vec_kernel(const T* __restrict__ x, int64_t n,
                                             const float* __restrict__ centroids, int64_t c,
@@ -335,44 +319,24 @@ __global__ void nearest_centroid_vec_kernel(const T* __restrict__ x, int64_t n,
   if (first >= n) return;  // whole warps only: every lane of a warp agrees
   const int64_t row = first + lane / group;
   const bool valid = row < n;  // lanes past the end still join the shuffles
-  const uint4* xr = reinterpret_cast<const uint4*>(x + (valid ? row : 0) * d);
   float xv[VPL * E];
 #pragma unroll
   for (int r = 0; r < VPL; ++r) {
-    uint4 raw = make_uint4(0u, 0u, 0u, 0u);
-    if (valid) raw = xr[sub + r * group];
-    const T* elements = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-    for (int e = 0; e < E; ++e) xv[r * E + e] = to_float(elements[e]);
+    load_chunk<T, E>(x + (valid ? row : 0) * d, sub + r * group, valid, xv + r * E);
   }
   float best = -INFINITY;
   int64_t arg = kNoId;
   bool finite = true;
   for (int64_t j = 0; j < c; ++j) {
-    const float4* cr = reinterpret_cast<const float4*>(centroids + j * d);
     float s = 0.0f;
 #pragma unroll
     for (int r = 0; r < VPL; ++r) {
-#pragma unroll
-      for (int h = 0; h < E / 4; ++h) {
-        const float4 w = __ldg(cr + (sub + r * group) * (E / 4) + h);
-        s = fmaf(w.x, xv[r * E + 4 * h], s);
-        s = fmaf(w.y, xv[r * E + 4 * h + 1], s);
-        s = fmaf(w.z, xv[r * E + 4 * h + 2], s);
-        s = fmaf(w.w, xv[r * E + 4 * h + 3], s);
-      }
+      s = chunk_dot<E>(centroids + j * d + (sub + r * group) * E, xv + r * E, s);
     }
     for (int offset = group / 2; offset > 0; offset /= 2) {
       s += __shfl_xor_sync(0xffffffffu, s, offset);
     }
-    if (!score_is_finite(s)) {
-      finite = false;
-      continue;
-    }
-    if (ranks_before(s, j, best, arg)) {
-      best = s;
-      arg = j;
-    }
+    offer_centroid(s, j, &best, &arg, &finite);
   }
   if (sub == 0 && valid) {
     best_score[row] = best;
@@ -435,10 +399,10 @@ void launch_dot_scores(const float* queries, int64_t q, const T* base, int64_t m
   int64_t blocks = blocks_for_warps((m + rows_per_warp - 1) / rows_per_warp);
   if (blocks > 65535) blocks = 65535;  // grid-stride beyond: every SM stays busy
   if (group == 0) {
-    EMB_LAUNCH(dot_scores_kernel, blocks, kThreads, shared, stream)(queries, q, base, m, d, out,
-                                                                    ld, q_shared);
+    EMB_LAUNCH((dot_scores_kernel<T, 1>), blocks, kThreads, shared, stream)(
+        queries, q, base, m, d, out, ld, q_shared, 32);
   } else {
-    EMB_LAUNCH(dot_scores_vec_kernel, blocks, kThreads, shared, stream)(
+    EMB_LAUNCH((dot_scores_kernel<T, 16 / sizeof(T)>), blocks, kThreads, shared, stream)(
         queries, q, base, m, d, out, ld, q_shared, group);
   }
 }
@@ -478,10 +442,9 @@ void topk_select(const float* tile, int64_t q, int64_t m, int64_t ld, const int6
   if (q > 65535) throw std::invalid_argument("topk_select: at most 65535 rows per tile");
   clear_stale_error("topk_select");
   const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(q));
-  EMB_LAUNCH(topk_select_kernel, grid, kThreads, 0, stream)(tile, m, ld, tile_ids, base_offset, splits,
-                                                    span, exclude_self, self_offset,
-                                                    list_scores, list_ids, scratch_scores,
-                                                    scratch_ids, k, init, not_finite);
+  EMB_LAUNCH(topk_select_kernel, grid, kThreads, 0, stream)(
+      tile, m, ld, tile_ids, base_offset, splits, span, exclude_self, self_offset, list_scores,
+      list_ids, scratch_scores, scratch_ids, k, init, not_finite);
   check(cudaGetLastError(), "topk_select");
 }
 
@@ -497,9 +460,9 @@ void pairs_in_tile(const float* tile, int64_t nr, int64_t nc, int64_t ld, const 
   const dim3 grid(static_cast<unsigned>(col_blocks < 64 ? col_blocks : 64),
                   static_cast<unsigned>(nr));
   const float candidate = threshold - margin;  // in float, exactly as the CPU computes it
-  EMB_LAUNCH(pairs_kernel, grid, kThreads, 0, stream)(tile, nr, nc, ld, rows, cols, d, row0, col0,
-                                              threshold, candidate, upper_only, out_i, out_j,
-                                              out_score, capacity, count, not_finite);
+  EMB_LAUNCH(pairs_kernel, grid, kThreads, 0, stream)(
+      tile, nr, nc, ld, rows, cols, d, row0, col0, threshold, candidate, upper_only, out_i, out_j,
+      out_score, capacity, count, not_finite);
   check(cudaGetLastError(), "pairs_in_tile");
 }
 
@@ -569,8 +532,8 @@ void tile_argmax(const float* tile, int64_t n, int64_t c, int64_t ld, float* bes
                  int64_t* best_index, unsigned long long* not_finite, cudaStream_t stream) {
   if (n == 0 || c == 0) return;
   clear_stale_error("tile_argmax");
-  EMB_LAUNCH(tile_argmax_kernel, blocks_for_warps(n), kThreads, 0, stream)(tile, n, c, ld, best_score,
-                                                                   best_index, not_finite);
+  EMB_LAUNCH(tile_argmax_kernel, blocks_for_warps(n), kThreads, 0, stream)(
+      tile, n, c, ld, best_score, best_index, not_finite);
   check(cudaGetLastError(), "tile_argmax");
 }
 

@@ -154,7 +154,9 @@ inline int __dp4a(int a, int b, int c) {
   return c;
 }
 
-inline float __int_as_float(int v) { return embengine::sim::from_bits<float>(static_cast<uint32_t>(v)); }
+inline float __int_as_float(int v) {
+  return embengine::sim::from_bits<float>(static_cast<uint32_t>(v));
+}
 inline float __uint_as_float(unsigned v) { return embengine::sim::from_bits<float>(v); }
 
 // ---- vector types (16-byte loads) ----
