@@ -8,6 +8,8 @@ Sections (each bounded in time; a failing section is reported, the others still 
   fp16 on the same texts and card, with the min cosine between the two
 - top-k 1M x 384 float16 base, 1 / 16 / 1,000 queries: ours against torch.topk(q @ X.T) and
   the bandwidth bound (base bytes / measured copy bandwidth)
+- top-k stages: the scan kernel alone, and one 1,000-query tile's product and selection
+  (beside torch.topk on that tile), to show where a top-k miss comes from
 - pairs >= 0.9 on clustered rows, ours against torch blocked matmul + nonzero
 - centroid distance 1M x 384 float16, 1 / 64 / 1,024 centroids, against torch matmul + max
 - end to end, texts in -> top-10 out, vectors on the GPU throughout (embed(output="torch"))
@@ -94,6 +96,77 @@ def bench_topk(t: Table, torch: Any, n: int, repeats: int, bandwidth: float) -> 
             of_bandwidth_bound=bound / med["ours"],
             same_ids_as_exact=agreement(ours.cpu().numpy(), exact.cpu().numpy()),
         )
+
+
+def bench_topk_stages(t: Table, torch: Any, n: int, repeats: int, bandwidth: float) -> None:
+    """Where a top-k's time goes, so a miss above can be traced: the scan kernel alone (1 and
+    16 queries, against the bandwidth bound), and for 1,000 queries one tile's tensor-core
+    product and the selection kernel on that tile (beside torch.topk on the same tile)."""
+    from embengine.device import cuda_module
+    from embengine.ops import similarity
+    from embengine.ops._arrays import cuda_array
+
+    kernels = cuda_module()
+    rng = np.random.default_rng(1)
+    base = torch.from_numpy(unit_rows(rng, n, 384)).cuda().half()
+    nbytes = base.numel() * 2
+    stream = torch.cuda.current_stream().cuda_stream
+    for nq in (1, 16):
+        queries = torch.from_numpy(unit_rows(rng, nq, 384)).cuda()
+        tile = torch.empty((nq, n), dtype=torch.float32, device="cuda")
+
+        def scan(q: Any = queries, out: Any = tile, nq: int = nq) -> None:
+            kernels.dot_scores(
+                q.data_ptr(), nq, base.data_ptr(), 1, n, 384, out.data_ptr(), n, stream
+            )
+
+        med = median_each({"scan": scan}, repeats, torch.cuda.synchronize)
+        t.add(
+            f"top-10, {nq} q, {n}x384 fp16: stages",
+            "dot_scores kernel alone",
+            med["scan"],
+            nbytes=nbytes,
+            of_bandwidth_bound=nbytes / bandwidth / med["scan"],
+        )
+    nq, k = 1000, 10
+    queries = torch.from_numpy(unit_rows(rng, nq, 384)).cuda()
+    g = similarity._Gpu(cuda_array(queries))
+    parts = g.half_parts(queries, "float16")
+    cols = min(n, max(1024, similarity.GPU_TILE_ELEMENTS // nq))
+    block = base[:cols]
+    tile = g.half_matmul(parts, block) if parts is not None else queries @ block.float().T
+    lists = [torch.empty((nq, k), dtype=dt, device="cuda") for dt in (torch.float32, torch.int64)]
+    scratch = [torch.empty_like(a) for a in lists]
+
+    def select() -> None:
+        kernels.topk_select(
+            tile.data_ptr(), nq, cols, cols, 0, 0, 1, cols, False, 0, lists[0].data_ptr(),
+            lists[1].data_ptr(), scratch[0].data_ptr(), scratch[1].data_ptr(), k, True, 0,
+            stream,
+        )  # fmt: skip
+
+    med = median_each(
+        {
+            "product": lambda: g.half_matmul(parts, block) if parts is not None else None,
+            "select": select,
+            "torch.topk": lambda: torch.topk(tile, k, dim=1),
+        },
+        repeats,
+        torch.cuda.synchronize,
+    )
+    case = f"top-10, {nq} q, one {nq}x{cols} tile: stages"
+    t.add(case, "split-term tensor-core product", med["product"], nbytes=tile.numel() * 4)
+    t.add(case, "torch.topk on the tile", med["torch.topk"], nbytes=tile.numel() * 4)
+    t.add(
+        case,
+        "topk_select kernel on the tile",
+        med["select"],
+        nbytes=tile.numel() * 4,
+        peer=med["torch.topk"],
+        same_ids_as_torch=agreement(
+            lists[1].cpu().numpy(), torch.topk(tile, k, dim=1).indices.cpu().numpy()
+        ),
+    )
 
 
 def bench_pairs(t: Table, torch: Any, n: int, repeats: int) -> None:
@@ -242,6 +315,10 @@ def main() -> None:
     sections: list[tuple[str, Callable[[], Any]]] = [
         ("bandwidth", lambda: bench_bandwidth(t, torch, args.repeats)),
         ("topk", lambda: bench_topk(t, torch, 1_000_000 // scale, args.repeats, bandwidth)),
+        (
+            "topk stages",
+            lambda: bench_topk_stages(t, torch, 1_000_000 // scale, args.repeats, bandwidth),
+        ),
         ("pairs", lambda: bench_pairs(t, torch, 50_000 // scale, max(1, args.repeats // 2))),
         (
             "centroids",

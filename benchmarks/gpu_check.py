@@ -311,6 +311,7 @@ def build() -> None:
                 f"-DPython_EXECUTABLE={sys.executable}",
                 f"-Dpybind11_DIR={pybind11_cmake}",
                 f"-DEMBENGINE_CUDA_ARCHS={arch}",
+                "-DEMBENGINE_CUDA_SIM=OFF",  # the CPU emulator's module: not needed on a GPU
             ]
         )
         run(["cmake", "--build", "build/gpu-check", "--parallel"])

@@ -105,8 +105,21 @@ void check_dtype(int dtype) {
 
 }  // namespace
 
-PYBIND11_MODULE(_cuda, m) {
+#if defined(EMBENGINE_CUDA_SIM)
+namespace embengine::sim {
+void add_selftests(py::module_& m);  // csrc/sim/selftest.cpp
+}
+#endif
+
+#ifndef EMBENGINE_CUDA_MODULE
+#define EMBENGINE_CUDA_MODULE _cuda  // _cuda_sim when built for the simulator
+#endif
+
+PYBIND11_MODULE(EMBENGINE_CUDA_MODULE, m) {
   m.doc() = "embengine CUDA kernels (raw device pointers; use embengine.ops instead)";
+#if defined(EMBENGINE_CUDA_SIM)
+  embengine::sim::add_selftests(m);
+#endif
   m.def("device_count", &device_count, "CUDA devices visible (0 without a driver or GPU).");
   m.def("device_status", &device_status,
         "{count, error, message, runtime, driver}: why no device is visible, when none is.");

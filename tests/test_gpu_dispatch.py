@@ -1,13 +1,16 @@
 """The GPU path's logic on the CPU: dispatch, empty inputs, tiling, splits, counters.
 
 No GPU runs here. `FakeDeviceArray` is host memory that exposes __cuda_array_interface__
-(so the ops dispatch it to the CUDA path), and `FakeKernels` does what each CUDA kernel
+(so the ops dispatch it to the CUDA path), and the kernels come in two kinds (the
+`fake_gpu` fixture runs every test with each): `FakeKernels` does what each CUDA kernel
 does, in numpy, on the raw addresses the driver hands it (pairs re-score with the very
-helper the CUDA kernel calls, _native.dot_lanes8). What this checks is the Python driver
+helper the CUDA kernel calls, _native.dot_lanes8); `SimKernels` runs the real kernel code
+of csrc/cuda, compiled for the CPU by the block/warp emulator (embengine._cuda_sim, see
+csrc/include/embengine/cuda_sim.h). What this checks is the Python driver
 (embengine/ops/similarity.py): which kernel runs, with which pointers and sizes, how tiles
 and column splits are cut and merged, that float16 data is never converted whole, that empty
-inputs never reach a kernel, and that the non-finite counter is read once per call. The
-kernels themselves are checked against the CPU by the gpu-marked tests.
+inputs never reach a kernel, and that the non-finite counter is read once per call; with
+SimKernels, also the kernels' own results. On a GPU the gpu-marked tests do the same.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import pytest
 
 from embengine import _native, ops
 from embengine.device import Device, describe_cuda_status
+from embengine.errors import InvalidInputError
 from embengine.ops import reference, similarity
 from embengine.ops._arrays import CudaArray, cuda_array, is_cuda_array
 
@@ -52,6 +56,9 @@ class FakeDeviceArray(np.ndarray):
     @property
     def device(self) -> _FakeDevice:
         return _FakeDevice(self.gpu)
+
+    def get(self) -> np.ndarray:  # CuPy's copy to the host
+        return np.array(self.view(np.ndarray))
 
 
 def dev(a: np.ndarray, gpu: int = 0) -> FakeDeviceArray:
@@ -173,6 +180,35 @@ class FakeKernels:
             view(nf, "int64", (1,))[0] += int((~np.isfinite(scores)).sum())
 
 
+def cuda_sim() -> Any:
+    """The CUDA kernels built for the CPU emulator, or a skip saying why they are absent."""
+    try:
+        from embengine import _cuda_sim
+    except ImportError as exc:
+        pytest.skip(f"embengine._cuda_sim was not built (EMBENGINE_CUDA_SIM=OFF?): {exc}")
+    return _cuda_sim
+
+
+class SimKernels:
+    """The real CUDA kernels (emulated on the CPU), logging calls as FakeKernels does."""
+
+    def __init__(self) -> None:
+        self.module = cuda_sim()
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        kernel = getattr(self.module, name)
+
+        def call(*args: Any) -> Any:
+            if name == "topk_select":
+                self.calls.append(f"topk_select(splits={args[6]}, init={args[15]})")
+            elif name not in ("device_properties", "device_status", "build_info"):
+                self.calls.append(name)
+            return kernel(*args)
+
+        return call
+
+
 class NumpyGpu(similarity._Gpu):
     """similarity._Gpu on host memory: framework calls in numpy, kernels from FakeKernels."""
 
@@ -227,15 +263,22 @@ class NumpyGpu(similarity._Gpu):
         return int((~np.isfinite(np.asarray(a))).sum())
 
 
-@pytest.fixture
-def fake_gpu(monkeypatch: pytest.MonkeyPatch) -> FakeKernels:
-    kernels = FakeKernels()
+def install_host_gpu(kernels: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Make the ops' CUDA path run on the host: NumpyGpu for the framework, `kernels` below."""
     monkeypatch.setattr(NumpyGpu, "kernels_in_use", kernels)
+    monkeypatch.setattr(ops, "cuda_module", lambda: kernels)
     monkeypatch.setattr(NumpyGpu, "converted", [])
     monkeypatch.setattr(NumpyGpu, "reads", 0)
     monkeypatch.setattr(similarity, "_Gpu", NumpyGpu)
     monkeypatch.setattr(CudaArray, "stream", lambda self: 0)
     return kernels
+
+
+@pytest.fixture(params=["numpy", "sim"])
+def fake_gpu(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> FakeKernels:
+    """A GPU on the host, with the numpy twins or the emulated kernels."""
+    kernels = FakeKernels() if request.param == "numpy" else SimKernels()
+    return install_host_gpu(kernels, monkeypatch)
 
 
 def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -505,7 +548,7 @@ def test_embed_output_is_checked_and_torch_on_the_cpu_is_a_view(engine: Any) -> 
 
 @pytest.mark.parametrize(("dtype", "terms"), [("float16", 2), ("bfloat16", 3)])
 def test_split_queries_carry_float32_accuracy(
-    rng: np.random.Generator, dtype: str, terms: int
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, dtype: str, terms: int
 ) -> None:
     """Many-query top-k over a float16 / bfloat16 base multiplies on tensor cores: the
     float32 queries become a sum of half terms whose products with the (exactly half) base
@@ -521,3 +564,198 @@ def test_split_queries_carry_float32_accuracy(
     once = parts[0].double() @ base.double().T
     assert float((split - exact).abs().max()) < 2e-6
     assert float((once - exact).abs().max()) > 2e-5  # a plain half matmul misses the tolerance
+    # half_matmul: one product of the terms side by side with the base repeated as often
+    # (torch.mm's float32 output exists on CUDA only: a float64 stand-in does the product)
+    monkeypatch.setattr(torch, "mm", lambda a, b, out_dtype: (a.double() @ b.double()).float())
+    g = similarity._Gpu.__new__(similarity._Gpu)
+    wide = torch.cat(parts, dim=1)
+    assert float((g.half_matmul(wide, base).double() - exact).abs().max()) < 2e-6
+    flipped = g.half_matmul(wide, base, parts_left=False).double()
+    assert float((flipped - exact.T).abs().max()) < 2e-6
+
+
+# ---- the kernels themselves, emulated: what the driver tests above do not reach ----
+#
+# The emulator must notice broken kernels, or a passing kernel test proves little; then the
+# kernels no driver test reaches: pooling, row normalisation, compact codes, top-k corners.
+
+
+@pytest.fixture
+def sim_gpu(monkeypatch: pytest.MonkeyPatch) -> SimKernels:
+    return install_host_gpu(SimKernels(), monkeypatch)
+
+
+# ---- the emulator notices broken kernels ----
+
+
+def test_a_missing_barrier_gives_a_wrong_result() -> None:
+    sim = cuda_sim()
+    assert sim.selftest_block_sum(1.0, True) == 256.0
+    assert sim.selftest_block_sum(2.0, True) == 512.0
+    # without the barrier, thread 0 reads slots before (some) other threads wrote them
+    assert sim.selftest_block_sum(3.0, False) != 768.0
+
+
+def test_a_divergent_warp_raises_instead_of_hanging() -> None:
+    with pytest.raises(RuntimeError, match="deadlocks: some lanes of warp 0 wait"):
+        cuda_sim().selftest_divergent_warp()
+
+
+def test_a_shuffle_naming_an_exited_lane_raises() -> None:
+    with pytest.raises(RuntimeError, match="names lane 5 in its mask, but that lane exited"):
+        cuda_sim().selftest_exited_lane_shuffle()
+
+
+def test_exited_threads_do_not_hold_a_barrier_up() -> None:
+    assert cuda_sim().selftest_early_exit_barrier() == 128 * 1.0 + 128 * 2.0
+
+
+def test_the_simulated_device_says_what_it_is() -> None:
+    sim = cuda_sim()
+    assert sim.device_count() == 1
+    assert "simulator" in sim.device_properties(0)["name"]
+    assert sim.build_info()["cuda_archs"] == "simulator"
+
+
+# ---- pooling and normalisation kernels ----
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_mean_pool_normalize_kernel_matches_the_cpu(
+    sim_gpu: SimKernels, rng: np.random.Generator, dtype: type
+) -> None:
+    states = rng.standard_normal((7, 13, 40)).astype(dtype)
+    mask = (rng.random((7, 13)) < 0.6).astype(np.int32)
+    mask[:, 0] = 1
+    mask[3] = 0  # a row of padding only: zeros
+    got = host(ops.mean_pool_normalize(dev(states), dev(mask)))
+    np.testing.assert_allclose(got, ops.mean_pool_normalize(states, mask), atol=1e-6)
+    assert (got[3] == 0).all()
+    assert sim_gpu.calls == ["mean_pool_normalize"]
+    states[5, np.argmax(mask[5])] = np.nan
+    with pytest.raises(InvalidInputError, match="NaN or inf values in a real token of row 5"):
+        ops.mean_pool_normalize(dev(states), dev(mask))
+
+
+def test_normalize_rows_kernel_matches_the_cpu(
+    sim_gpu: SimKernels, rng: np.random.Generator
+) -> None:
+    x = rng.standard_normal((9, 300)).astype(np.float32)
+    x[2] = 0.0  # stays zero
+    x[4] *= 1e20  # its sum of squares overflows float32: scaled first
+    want = ops.normalize_rows_(x.copy())
+    got = dev(x)
+    ops.normalize_rows_(got)
+    np.testing.assert_allclose(host(got), want, atol=1e-6)
+    assert (host(got)[2] == 0).all()
+    x[7, 3] = np.inf
+    with pytest.raises(InvalidInputError, match=r"x has NaN or inf values \(first in row 7"):
+        ops.normalize_rows_(dev(x))
+
+
+# ---- compact codes ----
+
+
+@pytest.mark.parametrize("d", [384, 30])  # whole 4-byte words (dp4a) or byte by byte
+def test_int8_kernel_matches_the_cpu(sim_gpu: SimKernels, rng: np.random.Generator, d: int) -> None:
+    codes = rng.integers(-128, 128, (3000, d), dtype=np.int8)
+    queries = rng.integers(-127, 128, (3, d), dtype=np.int8)
+    got = [host(a) for a in ops.topk_int8(dev(queries), dev(codes), 12)]
+    for g, w in zip(got, ops.topk_int8(queries, codes, 12), strict=True):
+        np.testing.assert_array_equal(g, w)
+    assert "int8_dot_scores" in sim_gpu.calls
+
+
+@pytest.mark.parametrize("nbytes", [48, 5])
+def test_hamming_kernel_matches_the_cpu(
+    sim_gpu: SimKernels, rng: np.random.Generator, nbytes: int
+) -> None:
+    bits = rng.integers(0, 256, (3000, nbytes), dtype=np.uint8)
+    queries = rng.integers(0, 256, (2, nbytes), dtype=np.uint8)
+    got = [host(a) for a in ops.topk_hamming(dev(queries), dev(bits), 9)]
+    for g, w in zip(got, ops.topk_hamming(queries, bits, 9), strict=True):
+        np.testing.assert_array_equal(g, w)
+    assert "hamming_scores" in sim_gpu.calls
+
+
+# ---- top-k corners ----
+
+
+@pytest.mark.parametrize("seed", ["1", "2", "3"])
+def test_topk_is_exact_in_any_thread_order(
+    sim_gpu: SimKernels, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, seed: str
+) -> None:
+    monkeypatch.setenv("EMBENGINE_CUDA_SIM_SEED", seed)
+    base = rng.integers(-2, 3, size=(1500, 6)).astype(np.float32)
+    base = np.concatenate([base, base])  # ties everywhere: the lower id first
+    for q, k in ((1, 10), (2, 1500), (40, 7)):  # 1500 > one 1024-column chunk
+        scores, ids = ops.topk_cosine(dev(base[:q]), dev(base), k, exclude_self=True)
+        want = reference.topk_cosine(base[:q], base, k, exclude_self=True)
+        np.testing.assert_array_equal(host(ids), want[1])
+        np.testing.assert_array_equal(host(scores), want[0])
+
+
+@pytest.mark.parametrize("k", [1, 255, 1024, 1025])
+def test_topk_when_every_score_is_a_candidate(sim_gpu: SimKernels, k: int) -> None:
+    """Ascending scores beat the running k-th entry every time: the buffer fills and flushes
+    at every step, at every sort size, and the merged spans must still give the exact list."""
+    n = 9000
+    base = np.stack([np.arange(n, dtype=np.float32) / n, np.zeros(n, np.float32)], axis=1)
+    for q in (1, 40):
+        queries = np.tile(np.array([[1.0, 0.0]], np.float32), (q, 1))
+        scores, ids = ops.topk_cosine(dev(queries), dev(base), k)
+        want = reference.topk_cosine(queries, base, k)
+        np.testing.assert_array_equal(host(ids), want[1])
+        np.testing.assert_array_equal(host(scores), want[0])
+
+
+@pytest.mark.parametrize(
+    ("d", "dtype"),
+    [
+        (384, np.float16),  # 16-byte loads, 16 lanes a row
+        (64, np.float16),  # 8 lanes a row, 4 rows a warp
+        (96, np.float32),  # float32 vectors, 8 lanes a row
+        (40, np.float16),  # 5 vectors a row: too few lanes, the element kernel
+        (97, np.float32),  # unaligned rows: the element kernel
+    ],
+)
+def test_scan_scores_match_the_cpu_at_every_width(
+    sim_gpu: SimKernels, rng: np.random.Generator, d: int, dtype: type
+) -> None:
+    base = unit_rows(rng, 1001, d).astype(dtype)  # an odd count: a warp's last rows are empty
+    for q in (1, 11):  # 11 queries: a full group of 8 and a partial one
+        queries = unit_rows(rng, q, d)
+        scores, ids = ops.topk_cosine(dev(queries), dev(base), 20)
+        want = reference.topk_cosine(queries, base.astype(np.float32), 20)
+        np.testing.assert_allclose(host(scores), want[0], atol=2e-6)
+        assert (host(ids) == want[1]).mean() > 0.99
+    assert "dot_scores" in sim_gpu.calls
+
+
+@pytest.mark.parametrize(
+    ("d", "dtype"),
+    [
+        (384, np.float16),  # 16 lanes a row, 3 vectors each in registers
+        (64, np.float32),  # 16 lanes, 1 vector each
+        (96, np.float16),  # 4 lanes, 3 vectors each
+        (1024, np.float32),  # 32 lanes, 8 vectors each: too many registers, the warp kernel
+        (33, np.float32),  # unaligned rows: the warp kernel
+    ],
+)
+def test_nearest_centroid_kernels_match_the_cpu(
+    sim_gpu: SimKernels, rng: np.random.Generator, d: int, dtype: type
+) -> None:
+    x = unit_rows(rng, 301, d).astype(dtype)  # an odd count: a warp's last rows are empty
+    x[17] = np.nan  # its row is counted, and never matched
+    for c in (1, 5, 64):
+        centroids = unit_rows(rng, c, d)
+        centroids[c // 2] = centroids[0]  # a tie: the lower index wins
+        with pytest.raises(ValueError, match=r"x has NaN or inf values \(first in row 17"):
+            ops.centroid_distance(dev(x), dev(centroids))
+        dist, nearest = ops.centroid_distance(dev(x), dev(centroids), check_finite=False)
+        want = reference.centroid_distance(x.astype(np.float32), centroids)
+        keep = np.arange(len(x)) != 17
+        np.testing.assert_allclose(host(dist)[keep], want[0][keep], atol=2e-6)
+        np.testing.assert_array_equal(host(nearest)[keep], want[1][keep])
+        assert host(nearest)[17] == -1
+    assert set(sim_gpu.calls) == {"nearest_centroid"}

@@ -1,4 +1,5 @@
 // CUDA score tiles for int8 codes (__dp4a) and packed sign bits (__popc).
+#include "embengine/cuda_compat.h"
 #include "embengine/compact.h"
 #include "embengine/compact_cuda.h"
 
@@ -68,7 +69,8 @@ void int8_dot_scores(const int8_t* queries, int64_t q, const int8_t* codes, int6
                      float* out, int64_t ld, cudaStream_t stream) {
   if (q == 0 || m == 0 || d == 0) return;
   clear_stale_error("int8_dot_scores");
-  int8_dot_kernel<<<grid_for(m * 32), kThreads, 0, stream>>>(queries, q, codes, m, d, out, ld);
+  EMB_LAUNCH(int8_dot_kernel, grid_for(m * 32), kThreads, 0, stream)(queries, q, codes, m, d,
+                                                                     out, ld);
   check(cudaGetLastError(), "int8_dot_scores");
 }
 
@@ -76,7 +78,8 @@ void hamming_scores(const uint8_t* queries, int64_t q, const uint8_t* bits, int6
                     int64_t nbytes, float* out, int64_t ld, cudaStream_t stream) {
   if (q == 0 || m == 0 || nbytes == 0) return;
   clear_stale_error("hamming_scores");
-  hamming_kernel<<<grid_for(m), kThreads, 0, stream>>>(queries, q, bits, m, nbytes, out, ld);
+  EMB_LAUNCH(hamming_kernel, grid_for(m), kThreads, 0, stream)(queries, q, bits, m, nbytes, out,
+                                                               ld);
   check(cudaGetLastError(), "hamming_scores");
 }
 

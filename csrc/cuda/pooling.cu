@@ -1,6 +1,4 @@
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
+#include "embengine/cuda_compat.h"
 #include "embengine/pooling.h"
 #include "embengine/pooling_cuda.h"
 
@@ -20,7 +18,7 @@ __device__ float block_sum(float v, float* scratch) {
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
   if (warp == 0) {
-    v = lane < blockDim.x / 32 ? scratch[lane] : 0.0f;
+    v = lane < static_cast<int>(blockDim.x / 32) ? scratch[lane] : 0.0f;
     for (int offset = 16; offset > 0; offset /= 2) v += __shfl_down_sync(0xffffffffu, v, offset);
     if (lane == 0) scratch[0] = v;
   }
@@ -37,7 +35,7 @@ __device__ float block_max(float v, float* scratch) {
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
   if (warp == 0) {
-    v = lane < blockDim.x / 32 ? scratch[lane] : 0.0f;
+    v = lane < static_cast<int>(blockDim.x / 32) ? scratch[lane] : 0.0f;
     for (int offset = 16; offset > 0; offset /= 2) v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, offset));
     if (lane == 0) scratch[0] = v;
   }
@@ -161,15 +159,15 @@ void mean_pool_normalize(const void* states, DType dtype, const int32_t* mask, f
   clear_stale_error("mean_pool_normalize");
   switch (dtype) {
     case DType::f32:
-      mean_pool_normalize_kernel<<<b, kThreads, 0, stream>>>(
+      EMB_LAUNCH(mean_pool_normalize_kernel, b, kThreads, 0, stream)(
           static_cast<const float*>(states), mask, out, t, d, eps, not_finite);
       break;
     case DType::f16:
-      mean_pool_normalize_kernel<<<b, kThreads, 0, stream>>>(
+      EMB_LAUNCH(mean_pool_normalize_kernel, b, kThreads, 0, stream)(
           static_cast<const __half*>(states), mask, out, t, d, eps, not_finite);
       break;
     case DType::bf16:
-      mean_pool_normalize_kernel<<<b, kThreads, 0, stream>>>(
+      EMB_LAUNCH(mean_pool_normalize_kernel, b, kThreads, 0, stream)(
           static_cast<const __nv_bfloat16*>(states), mask, out, t, d, eps, not_finite);
       break;
   }
@@ -180,9 +178,9 @@ void normalize_rows_f32(float* x, int64_t n, int64_t d, float eps, float* scales
                         unsigned long long* not_finite, cudaStream_t stream) {
   if (n == 0 || d == 0) return;
   clear_stale_error("normalize_rows");
-  row_scales_kernel<<<n, kThreads, 0, stream>>>(x, d, eps, scales, not_finite);
+  EMB_LAUNCH(row_scales_kernel, n, kThreads, 0, stream)(x, d, eps, scales, not_finite);
   check(cudaGetLastError(), "normalize_rows (scales)");
-  apply_scales_kernel<<<n, kThreads, 0, stream>>>(x, d, scales, not_finite);
+  EMB_LAUNCH(apply_scales_kernel, n, kThreads, 0, stream)(x, d, scales, not_finite);
   check(cudaGetLastError(), "normalize_rows (apply)");
 }
 

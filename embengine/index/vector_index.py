@@ -49,7 +49,7 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -639,12 +639,10 @@ class VectorIndex:
         else:
             size, live, dead = n, (self._live[:n] if self.dead else None), self.dead
         k = min(k, size - dead)
-        scores, slots = _empty(len(q), max(k, 0))
         if k <= 0:
-            return scores, slots
-        fetch = min(size, k + (_extra(k, dead, size) if dead else 0))
-        todo = np.arange(len(q))
-        while len(todo):
+            return _empty(len(q), 0)
+
+        def step(todo: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             got, rows = self._compact_candidates(q[todo], fetch, allowed)
             usable = rows >= 0
             if live is not None:
@@ -654,10 +652,10 @@ class VectorIndex:
             rows = np.where(np.isfinite(top), np.take_along_axis(rows, order, 1), -1)
             if allowed is not None:
                 rows = np.where(rows >= 0, allowed[np.maximum(rows, 0)], -1)
-            scores[todo], slots[todo] = top, rows
-            todo = todo[(usable.sum(axis=1) < k) & (fetch < size)]
-            fetch = min(size, fetch * 4)
-        return scores, slots
+            return top, rows, usable.sum(axis=1) >= k
+
+        fetch = min(size, k + (_extra(k, dead, size) if dead else 0))
+        return _deepen(len(q), k, fetch, size, step)
 
     def _compact_candidates(
         self, q: np.ndarray, fetch: int, allowed: np.ndarray | None
@@ -1136,19 +1134,32 @@ def _exact_topk(
     """
     n = len(base)
     k = min(k, n - dead)
-    scores, rows = _empty(len(q), max(k, 0))
     if k <= 0:
-        return scores, rows
-    fetch = min(n, k + _extra(k, dead, n))
-    todo = np.arange(len(q))
-    while len(todo):
+        return _empty(len(q), 0)
+
+    def step(todo: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         approx, cand = ops.topk_cosine(q[todo], base, fetch)
         margin = _margin(base.shape[1]) if fetch < n else None
-        got_scores, got_rows, ok = _rescore(q[todo], base, approx, cand, live, k, margin)
-        scores[todo], rows[todo] = got_scores, got_rows
-        todo = todo[~ok]
-        fetch = min(n, fetch * 4)
-    return scores, rows
+        return _rescore(q[todo], base, approx, cand, live, k, margin)
+
+    return _deepen(len(q), k, min(n, k + _extra(k, dead, n)), n, step)
+
+
+_Step = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def _deepen(nq: int, k: int, fetch: int, size: int, step: _Step) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, slots) of nq queries, (nq, k): `step(queries, fetch)` gives each query's best
+    k of `fetch` candidates and whether that settles it; unsettled queries are fetched again
+    four times deeper, until the whole table (`size` rows) has been fetched."""
+    scores, slots = _empty(nq, k)
+    todo = np.arange(nq)
+    while len(todo):
+        got_scores, got_slots, settled = step(todo, fetch)
+        scores[todo], slots[todo] = got_scores, got_slots
+        todo = todo[~settled] if fetch < size else todo[:0]
+        fetch = min(size, fetch * 4)
+    return scores, slots
 
 
 def _rescore(

@@ -304,32 +304,30 @@ class _Gpu:
     def ptr(self, a: Any) -> int:
         return cuda_array(a).ptr
 
-    def half_parts(self, queries: Any, dtype: str) -> list[Any] | None:
-        """Split float32 queries for tensor-core products with a `dtype` base, or None when
-        this torch cannot multiply half inputs into a float32 output (torch.mm out_dtype),
-        or the queries are too large for float16 (then the base is converted instead)."""
+    def half_parts(self, queries: Any, dtype: str) -> Any | None:
+        """Float32 queries for tensor-core products with a `dtype` base: their split terms
+        side by side, (q, terms * d) (see split_terms and half_matmul), or None when this
+        torch cannot multiply half inputs into a float32 output (torch.mm out_dtype), or the
+        queries are too large for float16 (then the base is converted instead)."""
         if not self.torch or not _mm_out_dtype_works():
             return None
         import torch
 
         if dtype == "float16" and float(queries.abs().max()) >= HALF_SPLIT_MAX:
             return None
-        return split_terms(queries, getattr(torch, dtype), SPLIT_TERMS[dtype])
+        return torch.cat(split_terms(queries, getattr(torch, dtype), SPLIT_TERMS[dtype]), dim=1)
 
-    def half_matmul(self, parts: list[Any], block: Any, *, parts_left: bool = True) -> Any:
-        """(sum of parts) @ block.T (or block @ (sum of parts).T) as a contiguous float32
-        tile, each product on tensor cores with the half block read as is."""
+    def half_matmul(self, parts: Any, block: Any, *, parts_left: bool = True) -> Any:
+        """(sum of the terms) @ block.T (or block @ (sum of the terms).T) as a contiguous
+        float32 tile: ONE tensor-core product of the side-by-side terms with the half block
+        repeated as many times, so the terms' sum happens in the float32 accumulator (no
+        second product, no pass adding tiles)."""
         import torch
 
-        def product(part: Any) -> Any:
-            if parts_left:
-                return torch.mm(part, block.T, out_dtype=torch.float32)
-            return torch.mm(block, part.T, out_dtype=torch.float32)
-
-        tile = product(parts[0])
-        for part in parts[1:]:
-            tile += product(part)
-        return tile
+        wide = block.repeat(1, parts.shape[1] // block.shape[1])
+        if parts_left:
+            return torch.mm(parts, wide.T, out_dtype=torch.float32)
+        return torch.mm(wide, parts.T, out_dtype=torch.float32)
 
     def zero(self, a: Any) -> None:
         a.zero_() if self.torch else a.fill(0)
@@ -394,10 +392,19 @@ class _Gpu:
         return os.environ.get("CUPY_TF32", "0") != "0"
 
     def multiprocessors(self) -> int:
-        try:
-            return int(self.kernels.device_properties(self.like.device_id)["multiprocessors"])
-        except Exception:  # a fake or an odd driver: any positive count is correct
-            return GPU_DEFAULT_SMS
+        """The card's SM count, asked once per device: cudaGetDeviceProperties reads every
+        attribute and can cost more than a whole small search."""
+        key = (id(self.kernels), self.like.device_id)
+        if key not in _SM_COUNTS:
+            try:
+                props = self.kernels.device_properties(self.like.device_id)
+                _SM_COUNTS[key] = int(props["multiprocessors"])
+            except Exception:  # a fake or an odd driver: any positive count is correct
+                _SM_COUNTS[key] = GPU_DEFAULT_SMS
+        return _SM_COUNTS[key]
+
+
+_SM_COUNTS: dict[tuple[int, int], int] = {}
 
 
 _MM_OUT_DTYPE: list[bool] = []
@@ -462,7 +469,7 @@ def topk_cuda(
                     base_tile = block if converted is None else g.f32(block, converted)
                     for q0, q1 in _blocks(nq, rows):
                         if parts is not None:  # tensor cores, the base read as is
-                            tile = g.half_matmul([p[q0:q1] for p in parts], base_tile)
+                            tile = g.half_matmul(parts[q0:q1], base_tile)
                         else:
                             tile = g.matmul(queries.original[q0:q1], base_tile)
                         select(tile, q0, q1, c1 - c0, c1 - c0, b0 + c0, exclude_self, stream)

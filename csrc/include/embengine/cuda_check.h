@@ -1,7 +1,7 @@
 // CUDA error handling shared by the kernels and the bindings.
 #pragma once
 
-#include <cuda_runtime_api.h>
+#include "embengine/cuda_compat.h"
 
 #include <stdexcept>
 #include <string>
