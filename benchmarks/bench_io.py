@@ -1,6 +1,7 @@
 """Saving and loading verified files: the streaming embengine.io against the code it replaced.
 
     python benchmarks/bench_io.py [--n 1000000] [--repeats 3] [--what arrays index]
+                                  [--dir DIR] [--out bench_io]
 
 For each of "arrays" (n x 384 float32 vectors plus n int64 ids through save_arrays /
 load_arrays) and "index" (a flat VectorIndex of the same vectors, `save` / `load`), the old
@@ -10,9 +11,9 @@ process: seconds of the call alone, and the peak RSS during it (VmHWM, reset thr
 /proc/self/clear_refs as the call starts; ru_maxrss would also count the data's making
 and, over fork + exec, the parent) with its rise above the RSS before the call (for a
 save, what the save itself added to the arrays it was given). Old and new take turns;
-medians of the repeats.
+medians of the repeats. Prints a table; the rows go to benchmarks/results/OUT.json.
 Both save through atomic_write (fsync); the load reads the file its save just wrote, so
-from the page cache. Prints a table (and JSON rows).
+from the page cache.
 
 The old functions stay here also as the reference reader of tests/test_io.py (files written
 by the new code must load in it): a frozen copy, not code to reuse.
@@ -47,6 +48,7 @@ from embengine.io import (
 )
 
 DIM = 384
+RESULTS = Path(__file__).resolve().parent / "results"
 
 # -- the old code path (embengine/io.py at d617edc), unchanged but for the names ------------
 
@@ -250,6 +252,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--what", nargs="+", default=["arrays", "index"])
     parser.add_argument("--dir", default=None, help="where the files go (default: a temp dir)")
+    parser.add_argument("--out", default="bench_io")
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -262,6 +265,7 @@ def main() -> None:
                         rows.append(measure(op, side, what, args.n, path))
                         print(json.dumps(rows[-1]), flush=True)
                     path.unlink()
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(rows, indent=1))
     print(table(rows, args.n))
 
 
