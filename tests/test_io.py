@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import io
 import json
 import os
-import struct
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 from types import ModuleType
 
@@ -137,78 +134,12 @@ def test_the_header_fills_its_reserved_room_with_spaces(tmp_path: Path) -> None:
     assert (header["version"], header["meta"]) == (1, {"v": 1})
 
 
-def _stored_npz(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
-
-
-def _container(body: bytes) -> bytes:
-    """A file around `body` with a correct checksum, as a forger would write it."""
-    header = json.dumps(
-        {"version": 1, "meta": {}, "sha256": hashlib.sha256(body).hexdigest(), "size": len(body)}
-    ).encode()
-    return b"EMBENGINE\x00" + len(header).to_bytes(8, "little") + header + body
-
-
-def _declare_size(body: bytes, size: int) -> bytes:
-    """The body with its (only) member's sizes in the central directory set to `size`."""
-    at = body.index(b"PK\x01\x02")
-    return body[: at + 20] + struct.pack("<LL", size, size) + body[at + 28 :]
-
-
-def _npy(a: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, a)
-    return buffer.getvalue()
-
-
-@pytest.mark.parametrize(
-    ("claim", "message"),
-    [
-        (2**32 - 2, "declares more bytes than the file holds"),  # 4 GiB in a tiny file
-        (-10, "bytes declared past the body"),  # fits the file, runs past the body's end
-    ],
-)
-def test_a_member_claiming_bytes_that_are_not_there_is_refused_before_allocating(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, claim: int, message: str
-) -> None:
-    body = _stored_npz({"x.npy": _npy(np.arange(16.0))})
-    path = tmp_path / "crafted.emb"
-    path.write_bytes(_container(_declare_size(body, claim if claim > 0 else len(body) + claim)))
-    allocated = []
-    monkeypatch.setattr(np, "empty", lambda *a, **k: allocated.append(a))
-    with pytest.raises(CorruptFileError, match=message):
-        load_arrays(path)
-    assert not allocated
-
-
 def test_a_body_cut_short_is_detected_before_hashing(tmp_path: Path) -> None:
     path = tmp_path / "a.emb"
     save_arrays(path, {"x": np.arange(200_000.0)}, {})
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CorruptFileError, match=r"truncated or corrupt \(\d+ of \d+ body bytes"):
-        load_arrays(path)
-
-
-def test_a_flipped_byte_inside_a_large_member_is_detected(tmp_path: Path) -> None:
-    """A member larger than a read chunk (8 MiB): damage in its middle fails the sha256; the
-    same damage with the sha256 recomputed (a forger) fails the member's CRC-32."""
-    path = tmp_path / "a.emb"
-    x = np.arange(3_000_000, dtype=np.float32)  # 12 MB
-    save_arrays(path, {"x": x, "y": np.arange(3)}, {})
-    _assert_same(load_arrays(path)[0], {"x": x, "y": np.arange(3)})
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
-    with pytest.raises(CorruptFileError, match="checksum mismatch"):
-        load_arrays(path)
-    room = int.from_bytes(data[10:18], "little")
-    path.write_bytes(_container(bytes(data[18 + room :])))
-    with pytest.raises(CorruptFileError, match=r"'x.npy' is corrupt \(Bad CRC-32\)"):
         load_arrays(path)
 
 
