@@ -7,10 +7,11 @@ corrupt file raises CorruptFileError instead of loading half a state.
 
 The sha256 protects against damage, not against a crafted file (anyone can recompute it),
 so loading also checks the structure before allocating: the header length against the file
-length, each array's declared size against the bytes that hold it (so a loaded file never
-allocates more than about twice its own size here), only plain numeric and string dtypes,
-no compressed members, no pickles. What a task then does with the arrays is checked by the
-task's own loader.
+length, each array's declared size against the bytes that hold it (so the arrays a file
+loads into never take more than its own size), only plain numeric and string dtypes, no
+compressed members, no pickles. What a task then does with the arrays is checked by the
+task's own loader. Saving and loading stream: neither holds the file's bytes beside the
+arrays, so a million-row index costs its arrays' size in memory, not a multiple of it.
 
 A writer killed mid-write (kill -9) leaves a `.NAME.*.tmp` file; the next write of NAME in
 that directory (from any process) removes such files when their writer is gone.
@@ -22,14 +23,15 @@ import contextlib
 import functools
 import hashlib
 import inspect
-import io
 import itertools
 import json
 import os
 import socket
+import struct
 import tempfile
 import time
 import zipfile
+import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -41,6 +43,10 @@ _MAGIC = b"EMBENGINE\x00"
 _MAX_HEADER = 16 << 20  # the JSON header holds metadata only; real ones are a few KiB
 # dtype kinds an array in a saved file may have: bool, ints, floats, complex, bytes, str
 _DTYPE_KINDS = frozenset("biufcSU")
+_CHUNK = 8 << 20  # bytes per read while hashing or loading a body
+# a zip member's local header: signature, flags, name and extra lengths (the rest is skipped)
+_LOCAL_HEADER = struct.Struct("<4s2xH18xHH")
+_ZIP_UNSUPPORTED = 0x1 | 0x20 | 0x40  # encrypted, patched or strongly encrypted members
 # temp files of writers on another host (or of an unknown writer) are removed after this long
 STALE_TMP_SECONDS = 24 * 3600
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
@@ -49,6 +55,7 @@ _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 from embengine.errors import (  # noqa: E402 (re-exported)
     CorruptFileError,
     EmbengineError,
+    InvalidInputError,
     ModelMismatchError,
 )
 
@@ -147,28 +154,64 @@ def save_arrays(
 ) -> None:
     """Write named arrays and JSON metadata as one verified file, atomically.
 
-    Layout: magic, 8-byte header length, JSON header (version, meta, sha256 of the body),
-    then the body (an uncompressed .npz). Object arrays are refused: use strings or numbers.
+    Layout: magic, 8-byte header length, JSON header (version, meta, sha256 and size of the
+    body), then the body: an uncompressed .npz. The body streams into the file (16 MiB at a
+    time, hashed on the way), so saving holds no copy of the arrays; the header's room is
+    reserved first and filled last, padded with spaces (JSON ignores them: any reader of this
+    format reads it). Only plain number, bool, bytes and str arrays: what load_arrays reads.
     """
-    body = io.BytesIO()
-    np.savez(body, **{name: np.asarray(a) for name, a in arrays.items()})
-    payload = body.getvalue()
-    header = json.dumps(
-        {
-            "version": FORMAT_VERSION,
-            "meta": dict(meta),
-            "sha256": hashlib.sha256(payload).hexdigest(),
-            "size": len(payload),
-        }
-    ).encode()
+    arrays = {name: np.asarray(a) for name, a in arrays.items()}
+    for name, a in arrays.items():
+        if not _plain(a.dtype):
+            raise InvalidInputError(
+                f"array {name!r} has dtype {a.dtype}: only numbers, bools, bytes and str save"
+            )
+    meta = dict(meta)
+    room = len(_header(meta, "0" * 64, 2**64 - 1))  # the longest header this body can need
 
     def write(f: IO[bytes]) -> None:
-        f.write(_MAGIC)
-        f.write(len(header).to_bytes(8, "little"))
-        f.write(header)
-        f.write(payload)
+        f.write(_MAGIC + room.to_bytes(8, "little") + b" " * room)
+        body = _HashingWriter(f)
+        with zipfile.ZipFile(body, "w", zipfile.ZIP_STORED) as archive:
+            for name, a in arrays.items():  # as np.savez writes them, to a stream
+                with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, a, allow_pickle=False)
+        f.seek(len(_MAGIC) + 8)
+        f.write(_header(meta, body.sha256.hexdigest(), body.size).ljust(room))
 
     atomic_write(path, write)
+
+
+def _header(meta: dict[str, Any], sha256: str, size: int) -> bytes:
+    return json.dumps(
+        {"version": FORMAT_VERSION, "meta": meta, "sha256": sha256, "size": size}
+    ).encode()
+
+
+def _plain(dtype: np.dtype) -> bool:
+    """Whether arrays of `dtype` may be saved and loaded: no objects (pickles), no records."""
+    return dtype.kind in _DTYPE_KINDS and not dtype.hasobject and dtype.fields is None
+
+
+class _HashingWriter:
+    """Passes writes on to a file, hashing and counting them. Without seek(), so zipfile
+    streams each member and its sizes follow it (a data descriptor) instead of seeking
+    back over hashed bytes to patch them in."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._f.write(data)
+        self.sha256.update(data)
+        n = memoryview(data).nbytes
+        self.size += n
+        return n
+
+    def flush(self) -> None:
+        self._f.flush()
 
 
 def load_arrays(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -176,43 +219,46 @@ def load_arrays(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]
 
     CorruptFileError for anything but a well-formed file: damage (checksum), and also a
     crafted file whose header or array sizes do not fit its length (checked before any
-    allocation, since a recomputed checksum passes).
+    allocation, since a recomputed checksum passes). The file is read twice, a chunk at a
+    time: once to check the sha256, then each array straight into its own buffer, so memory
+    peaks at the arrays' size plus a constant. Both reads go through one open descriptor,
+    so a save that replaces the file meanwhile cannot mix two versions.
     """
     path = Path(path)
-    data = path.read_bytes()
-    if not data.startswith(_MAGIC):
-        raise CorruptFileError(f"{path} is not an embengine file (bad magic)")
-    offset = len(_MAGIC)
-    if len(data) < offset + 8:
-        raise CorruptFileError(f"{path} is truncated (no header length)")
-    header_len = int.from_bytes(data[offset : offset + 8], "little")
-    offset += 8
-    if header_len > min(len(data) - offset, _MAX_HEADER):
-        raise CorruptFileError(
-            f"{path} is truncated or corrupt (header of {header_len} bytes, "
-            f"{len(data) - offset} bytes left in the file)"
-        )
-    header = _json(data[offset : offset + header_len], f"{path} has a corrupt header")
-    if not (
-        isinstance(header, dict)
-        and {"version", "meta", "sha256", "size"} <= header.keys()
-        and isinstance(header["meta"], dict)
-        and isinstance(header["sha256"], str)
-        and type(header["size"]) is int
-    ):
-        raise CorruptFileError(f"{path} has a corrupt header")
-    if header.get("version") != FORMAT_VERSION:
-        raise CorruptFileError(
-            f"{path} has format version {header.get('version')}, expected {FORMAT_VERSION}"
-        )
-    payload = data[offset + header_len :]
-    del data  # peak memory: the body, its arrays, and one member at a time
-    if len(payload) != header["size"] or hashlib.sha256(payload).hexdigest() != header["sha256"]:
-        raise CorruptFileError(
-            f"{path} is truncated or corrupt "
-            f"({len(payload)} of {header['size']} body bytes, or checksum mismatch)"
-        )
-    return _read_npz(payload, path), header["meta"]
+    with open(path, "rb", buffering=0) as f:
+        length = os.fstat(f.fileno()).st_size
+        if f.read(len(_MAGIC)) != _MAGIC:
+            raise CorruptFileError(f"{path} is not an embengine file (bad magic)")
+        offset = len(_MAGIC)
+        if length < offset + 8:
+            raise CorruptFileError(f"{path} is truncated (no header length)")
+        header_len = int.from_bytes(f.read(8), "little")
+        offset += 8
+        if header_len > min(length - offset, _MAX_HEADER):
+            raise CorruptFileError(
+                f"{path} is truncated or corrupt (header of {header_len} bytes, "
+                f"{length - offset} bytes left in the file)"
+            )
+        header = _json(f.read(header_len), f"{path} has a corrupt header")
+        if not (
+            isinstance(header, dict)
+            and {"version", "meta", "sha256", "size"} <= header.keys()
+            and isinstance(header["meta"], dict)
+            and isinstance(header["sha256"], str)
+            and type(header["size"]) is int
+        ):
+            raise CorruptFileError(f"{path} has a corrupt header")
+        if header.get("version") != FORMAT_VERSION:
+            raise CorruptFileError(
+                f"{path} has format version {header.get('version')}, expected {FORMAT_VERSION}"
+            )
+        body = _Window(f, offset + header_len, length - offset - header_len, path)
+        if body.size != header["size"] or body.sha256() != header["sha256"]:
+            raise CorruptFileError(
+                f"{path} is truncated or corrupt "
+                f"({body.size} of {header['size']} body bytes, or checksum mismatch)"
+            )
+        return _read_npz(body, path), header["meta"]
 
 
 def _json(text: bytes, message: str) -> Any:
@@ -223,59 +269,140 @@ def _json(text: bytes, message: str) -> Any:
         raise CorruptFileError(f"{message}: {exc}") from exc
 
 
-def _read_npz(payload: bytes, path: Path) -> dict[str, np.ndarray]:
+class _Window:
+    """Bytes [start, start + size) of an open file, read as a file of their own: zipfile and
+    the .npy header parser see one body or one member, so no declared size or offset can
+    make them read (or allocate for) bytes outside it. `crc` is the CRC-32 of the bytes
+    read so far, to check a member read from its start against the archive's."""
+
+    def __init__(self, f: IO[bytes], start: int, size: int, name: Path) -> None:
+        self._f, self._start, self.size, self.name = f, start, size, name
+        self._pos = 0
+        self.crc = 0
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        position = offset + (0, self._pos, self.size)[whence]
+        if position < 0:
+            raise OSError(f"seek to {position}, before the start")
+        self._pos = position
+        return position
+
+    def read(self, n: int | None = -1) -> bytes:
+        n = self.size - self._pos if n is None or n < 0 else min(n, self.size - self._pos)
+        if n <= 0:
+            return b""
+        self._f.seek(self._start + self._pos)
+        data = self._f.read(n)
+        self._pos += len(data)
+        self.crc = zlib.crc32(data, self.crc)
+        return data
+
+    def fill(self, out: memoryview) -> None:
+        """Fill `out` (an array's own buffer) with the next len(out) bytes: no copy."""
+        self._f.seek(self._start + self._pos)
+        done = 0
+        while done < len(out):
+            got = self._f.readinto(out[done : done + _CHUNK])
+            if not got:
+                raise CorruptFileError(f"{self.name} shrank while it was read")
+            self.crc = zlib.crc32(out[done : done + got], self.crc)  # while still in cache
+            done += got
+        self._pos += done
+
+    def window(self, start: int, size: int) -> _Window:
+        return _Window(self._f, self._start + start, size, self.name)
+
+    def sha256(self) -> str:
+        """The hex sha256 of the whole window, read a chunk at a time."""
+        digest = hashlib.sha256()
+        chunk = memoryview(bytearray(_CHUNK))
+        self._f.seek(self._start)
+        left = self.size
+        while left and (got := self._f.readinto(chunk[: min(left, _CHUNK)])):
+            digest.update(chunk[:got])
+            left -= got
+        return digest.hexdigest()
+
+
+def _read_npz(body: _Window, path: Path) -> dict[str, np.ndarray]:
     """The arrays of an uncompressed .npz, each size checked against its bytes before use.
 
     np.load would trust a member's .npy header and allocate the declared shape up front;
-    here an array is built only from bytes that are really there.
+    here an array is built only from bytes that are really there. Each member's CRC-32
+    is checked too, as any zip reader would: a forger who recomputes the sha256 must
+    recompute it as well.
     """
     try:
-        archive = zipfile.ZipFile(io.BytesIO(payload))
-        members = archive.infolist()
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        members = zipfile.ZipFile(body).infolist()  # reads the central directory only
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError) as exc:
         raise CorruptFileError(f"{path}: the array body is not a valid archive ({exc})") from exc
-    if sum(m.file_size for m in members) > len(payload):
+    if sum(m.file_size for m in members) > body.size:
         raise CorruptFileError(f"{path}: the archive declares more bytes than the file holds")
     arrays: dict[str, np.ndarray] = {}
     for member in members:
         name = member.filename
-        if not name.endswith(".npy") or member.compress_type != zipfile.ZIP_STORED:
+        if (
+            not name.endswith(".npy")
+            or member.compress_type != zipfile.ZIP_STORED
+            or member.flag_bits & _ZIP_UNSUPPORTED
+        ):
             raise CorruptFileError(f"{path}: unexpected archive member {name!r}")
-        try:
-            raw = archive.read(member)
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError) as exc:
-            raise CorruptFileError(f"{path}: archive member {name!r} is corrupt ({exc})") from exc
-        arrays[name[: -len(".npy")]] = _read_npy(raw, f"{path}: array {name[:-4]!r}")
+        corrupt = f"{path}: archive member {name!r} is corrupt"
+        data = _member_bytes(body, member, corrupt)
+        arrays[name[: -len(".npy")]] = _read_npy(data, f"{path}: array {name[:-4]!r}")
+        if data.crc != member.CRC:
+            raise CorruptFileError(f"{corrupt} (Bad CRC-32)")
     return arrays
 
 
-def _read_npy(raw: bytes, what: str) -> np.ndarray:
-    """One .npy array from its bytes: plain dtypes only, declared size == bytes present."""
-    stream = io.BytesIO(raw)
+def _member_bytes(body: _Window, member: zipfile.ZipInfo, what: str) -> _Window:
+    """Where a stored member's bytes lie (after its local header), checked to lie in `body`."""
+    body.seek(member.header_offset)
+    local = body.read(_LOCAL_HEADER.size)
+    if len(local) < _LOCAL_HEADER.size:
+        raise CorruptFileError(f"{what} (no local header)")
+    signature, flags, name_len, extra_len = _LOCAL_HEADER.unpack(local)
+    name = body.read(name_len).decode("utf-8" if flags & 0x800 else "cp437", "replace")
+    start = member.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+    if signature != b"PK\x03\x04" or name != member.orig_filename:
+        raise CorruptFileError(f"{what} (bad local header)")
+    if member.compress_size != member.file_size or start + member.file_size > body.size:
+        raise CorruptFileError(f"{what} ({member.file_size} bytes declared past the body)")
+    return body.window(start, member.file_size)
+
+
+def _read_npy(data: _Window, what: str) -> np.ndarray:
+    """One .npy array from its member's bytes: plain dtypes only, declared size == bytes
+    present, checked before the array is allocated and read straight into."""
     try:
-        version = np.lib.format.read_magic(stream)
+        version = np.lib.format.read_magic(data)
         if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(data)
         elif version in ((2, 0), (3, 0)):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(data)
         else:
             raise ValueError(f"npy version {version}")
     except Exception as exc:  # ValueError, SyntaxError, tokenize.TokenError, RecursionError...
         raise CorruptFileError(f"{what} has a corrupt header ({exc!r})") from exc
-    if dtype.kind not in _DTYPE_KINDS or dtype.hasobject or dtype.fields is not None:
+    if not _plain(dtype):
         raise CorruptFileError(f"{what} has dtype {dtype}, not a plain number or string type")
     if any(not isinstance(d, int) or d < 0 for d in shape):
         raise CorruptFileError(f"{what} has an invalid shape {shape}")
     count = 1
     for d in shape:
         count *= d
-    body = raw[stream.tell() :]
-    if count * dtype.itemsize != len(body) or (count and dtype.itemsize == 0):
+    present = data.size - data.tell()
+    if count * dtype.itemsize != present or (count and dtype.itemsize == 0):
         raise CorruptFileError(
             f"{what} declares shape {shape} of {dtype} ({count * dtype.itemsize} bytes) "
-            f"but holds {len(body)} bytes"
+            f"but holds {present} bytes"
         )
-    flat = np.frombuffer(body, dtype=dtype, count=count).copy()
+    flat = np.empty(count, dtype=dtype)
+    if flat.nbytes:
+        data.fill(memoryview(flat.view(np.uint8)))
     if fortran:
         return flat.reshape(shape[::-1]).transpose()
     return flat.reshape(shape)

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -499,6 +500,50 @@ def test_hostile_array_bodies_are_corrupt_files(
     path = tmp_path / "crafted.emb"
     path.write_bytes(container(payload))
     with pytest.raises(CorruptFileError, match=message):
+        load_arrays(path)
+
+
+def _declare_size(body: bytes, size: int) -> bytes:
+    """The body with its (only) member's sizes in the central directory set to `size`."""
+    at = body.index(b"PK\x01\x02")
+    return body[: at + 20] + struct.pack("<LL", size, size) + body[at + 28 :]
+
+
+@pytest.mark.parametrize(
+    ("claim", "message"),
+    [
+        (2**32 - 2, "declares more bytes than the file holds"),  # 4 GiB in a tiny file
+        (-10, "bytes declared past the body"),  # fits the file, runs past the body's end
+    ],
+)
+def test_a_member_claiming_bytes_that_are_not_there_is_refused_before_allocating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, claim: int, message: str
+) -> None:
+    body = npz({"x.npy": npy_header((16,), "<f8") + np.arange(16.0).tobytes()})
+    path = tmp_path / "crafted.emb"
+    path.write_bytes(container(_declare_size(body, claim if claim > 0 else len(body) + claim)))
+    allocated = []
+    monkeypatch.setattr(np, "empty", lambda *a, **k: allocated.append(a))
+    with pytest.raises(CorruptFileError, match=message):
+        load_arrays(path)
+    assert not allocated
+
+
+def test_a_flipped_byte_inside_a_large_member_is_detected(tmp_path: Path) -> None:
+    """A member larger than a read chunk (8 MiB): damage in its middle fails the sha256; the
+    same damage with the sha256 recomputed (a forger) fails the member's CRC-32."""
+    path = tmp_path / "a.emb"
+    x = np.arange(3_000_000, dtype=np.float32)  # 12 MB
+    save_arrays(path, {"x": x, "y": np.arange(3)}, {})
+    np.testing.assert_array_equal(load_arrays(path)[0]["x"], x)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError, match="checksum mismatch"):
+        load_arrays(path)
+    room = int.from_bytes(data[10:18], "little")
+    path.write_bytes(container(bytes(data[18 + room :])))
+    with pytest.raises(CorruptFileError, match=r"'x.npy' is corrupt \(Bad CRC-32\)"):
         load_arrays(path)
 
 

@@ -878,8 +878,9 @@ class VectorIndex:
 
         CorruptFileError for a damaged, crafted or foreign file, ModelMismatchError when
         `engine` runs another model than the one that made the vectors. Loading holds about
-        two to three times the file's size in memory at its peak (the bytes read, the arrays,
-        FAISS's own copy); the FAISS part is walked and bounds-checked before FAISS reads it.
+        the file's size in memory at its peak (the arrays, read straight into place), twice
+        it for IVF or HNSW (FAISS's own copy of its part); the FAISS part is walked and
+        bounds-checked before FAISS reads it.
         """
         arrays, meta = load_arrays(path)
         if meta.get("format") not in (FORMAT, FORMAT_COMPACT, *OLD_FORMATS):
