@@ -41,7 +41,7 @@ from embengine import cli
 from embengine.engine import Engine
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC_FILES = [ROOT / "README.md"]
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 PYTHON = ("python", "py")
 SHELL = ("bash", "sh", "shell", "console")
 FENCE = re.compile(r"^```\s*([\w+-]*)\s*$")
@@ -123,6 +123,33 @@ INPUTS: dict[str, str] = {
     "a.csv": "text\nThe cat sat on the mat.\nStock markets fell sharply.\n",
     "b.csv": 'text\nHeavy rain is expected this weekend.\n""\n',  # row 3: empty text, skipped
     "lines.txt": "first line of text\nsecond line of text\n",
+    "tickets.csv": "text\nI was billed twice this month\nThe app will not let me log in\n",
+    "labelled.csv": "label,text\n"
+    "billing,Why is there an extra fee on my invoice?\n"
+    "billing,I was charged twice for my subscription\n"
+    "login,I cannot sign in to my account\n"
+    "login,The password reset link does not work\n",
+    "last_week.log": "".join(
+        f"2026-03-0{day} 10:00:{n:02d} web-{n % 3} GET /api/orders/{1000 + n} 200 in {n} ms\n"
+        f"2026-03-0{day} 10:01:{n:02d} worker-{n % 4} job {500 + n} finished in 1.{n} s\n"
+        for day in (1, 2)
+        for n in range(10)
+    ),
+    "today.log": "2026-03-09 09:00:01 web-1 GET /api/orders/2001 200 in 12 ms\n"
+    "2026-03-09 09:00:02 db-1 ERROR could not write block 88213: No space left on device\n",
+    "products.csv": "sku,text\n"
+    "A1,Sony KDL-40V4100 BRAVIA 40 inch LCD TV\n"
+    "A2,Sony Bravia KDL40V4100 40in LCD TV\n"
+    "B1,Canon PowerShot SD1100 IS camera\n",
+    "items.jsonl": "".join(
+        json.dumps({"item_id": key, "text": text}) + "\n"
+        for key, text in {
+            "a17": "Alien (1979). Horror, Sci-Fi",
+            "b42": "Aliens (1986). Action, Sci-Fi",
+            "c03": "Toy Story (1995). Animation",
+            "d08": "Predator (1987). Action, Sci-Fi",
+        }.items()
+    ),
 }
 
 
@@ -200,3 +227,21 @@ def test_marked_blocks_give_a_reason_and_still_parse(capsys: pytest.CaptureFixtu
             print(f"  {block.where}: {block.not_run}")
     assert all(block.not_run for block in marked), [b.where for b in marked if not b.not_run]
     assert ran, "no documentation block runs"
+
+
+def test_blocks_read_markers_commands_and_exit_codes(tmp_path: Path) -> None:
+    """The parser itself: a marker's reason, continuation lines, the expected exit code, and a
+    marker that sits above no block refused."""
+    doc = tmp_path / "doc.md"
+    doc.write_text(
+        "<!-- not run: needs a CUDA GPU -->\n```python\nx = 1\n```\n\n"
+        "```bash\nmake test\nembengine embed a.csv \\\n    -o out.emb  # bad rows: exit 3\n```\n",
+        encoding="utf-8",
+    )
+    python, shell = blocks(doc)
+    assert (python.lang, python.not_run, python.code) == ("python", "needs a CUDA GPU", "x = 1")
+    assert shell.not_run is None
+    assert shell.commands() == [(["embed", "a.csv", "-o", "out.emb"], 3, 1)]
+    doc.write_text("<!-- not run: stray -->\n\ntext\n", encoding="utf-8")
+    with pytest.raises(AssertionError, match="must sit above a block"):
+        blocks(doc)
