@@ -12,6 +12,10 @@ A marked block is still checked as far as it can be here: python must compile, a
 `embengine` command line must parse with the CLI's own parser. Everything else runs: a
 failing block is fixed in the doc (or the code), never marked.
 
+Shown values. An expression line ending in `# -> VALUE` (or `# -> VALUE: words`), VALUE a
+Python literal, must give VALUE (a float to the digits shown, numpy arrays as lists): the
+outputs a doc shows are checked, not just its code.
+
 How blocks run. A file's python blocks run in order in one namespace (later blocks build on
 earlier ones), in a temporary working directory with HOME pointing into it, so nothing is
 written into the repository or the user's home. Shell lines starting with `embengine` run
@@ -25,6 +29,7 @@ small stand-ins for the reader's own files. Shell blocks without an `embengine` 
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -34,6 +39,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import embengine
@@ -47,6 +53,7 @@ SHELL = ("bash", "sh", "shell", "console")
 FENCE = re.compile(r"^```\s*([\w+-]*)\s*$")
 MARKER = re.compile(r"^\s*<!--\s*not run:(?P<reason>.*?)-->\s*$")
 EXPECTED_EXIT = re.compile(r"\bexit (\d+)\b")
+SHOWN = re.compile(r"  # -> (.+?)(?::\s.*)?$")  # an expression's value, as the doc shows it
 
 
 @dataclass
@@ -183,6 +190,41 @@ def run_command(block: Block, argv: list[str], expected: int, line: int) -> None
     assert code == expected, f"{where}: `embengine {shlex.join(argv)}` exited {code}"
 
 
+def run_python(block: Block, namespace: dict[str, object]) -> None:
+    """Run a block statement by statement; an expression whose line ends in `# -> VALUE`
+    (optionally `# -> VALUE: words`) must equal VALUE, a Python literal (floats to the
+    digits shown, arrays as lists)."""
+    lines = block.path.read_text(encoding="utf-8").splitlines()
+    # padded so that tracebacks give the markdown file's own line numbers
+    tree = ast.parse("\n" * block.line + block.code, str(block.path))
+    for node in tree.body:
+        shown = SHOWN.search(lines[(node.end_lineno or node.lineno) - 1])
+        if not (shown and isinstance(node, ast.Expr)):
+            exec(compile(ast.Module([node], []), str(block.path), "exec"), namespace)
+            continue
+        value = eval(compile(ast.Expression(node.value), str(block.path), "eval"), namespace)
+        expected = ast.literal_eval(shown.group(1))
+        where = f"{block.path.relative_to(ROOT)}:{node.lineno}"
+        assert same(plain(value), expected), f"{where}: shows {expected!r}, gives {value!r}"
+
+
+def plain(value: object) -> object:
+    """numpy arrays and scalars as Python lists and numbers; tuples element by element."""
+    if isinstance(value, tuple):
+        return tuple(plain(v) for v in value)
+    return value.tolist() if hasattr(value, "tolist") else value
+
+
+def same(value: object, expected: object) -> bool:
+    """Equal, with a float in the doc standing for the value rounded to its digits."""
+    if isinstance(expected, float) and isinstance(value, float):
+        digits = len(repr(expected).partition(".")[2])
+        return round(value, digits) == expected
+    if isinstance(expected, (list, tuple)) and isinstance(value, (list, tuple)):
+        return len(value) == len(expected) and all(map(same, value, expected))
+    return value == expected
+
+
 @pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_doc_runs_as_written(
     path: Path, doc_dir: Path, cli_engine: Engine, capsys: pytest.CaptureFixture[str]
@@ -192,9 +234,7 @@ def test_doc_runs_as_written(
         if block.not_run is not None or not runnable(block):
             continue
         if block.lang in PYTHON:
-            # padded so that tracebacks give the markdown file's own line numbers
-            source = "\n" * block.line + block.code
-            exec(compile(source, str(block.path), "exec"), namespace)
+            run_python(block, namespace)
         else:
             for argv, expected, line in block.commands():
                 run_command(block, argv, expected, line)
@@ -242,6 +282,11 @@ def test_blocks_read_markers_commands_and_exit_codes(tmp_path: Path) -> None:
     assert (python.lang, python.not_run, python.code) == ("python", "needs a CUDA GPU", "x = 1")
     assert shell.not_run is None
     assert shell.commands() == [(["embed", "a.csv", "-o", "out.emb"], 3, 1)]
+    assert SHOWN.search("x  # -> [0, 0, 2]: labels").group(1) == "[0, 0, 2]"
+    assert SHOWN.search("x  # -> 0.56").group(1) == "0.56"
+    assert same(0.5559, 0.56)
+    assert not same(0.5559, 0.55)
+    assert same(plain((np.array([1, 2]), None)), ([1, 2], None))
     doc.write_text("<!-- not run: stray -->\n\ntext\n", encoding="utf-8")
     with pytest.raises(AssertionError, match="must sit above a block"):
         blocks(doc)
