@@ -11,7 +11,7 @@ import pytest
 from embengine.clustering import spherical_kmeans
 from embengine.demo import bundled_events
 from embengine.errors import CorruptFileError, InvalidInputError, InvalidTypeError
-from embengine.io import save_arrays
+from embengine.io import load_arrays, save_arrays
 from embengine.tasks.anomaly import AnomalyDetector
 from embengine.tasks.logmask import LogMask
 
@@ -258,6 +258,29 @@ def test_save_load_round_trip_keeps_groups_and_admissions(rng, tmp_path):
     (tmp_path / "bad.emb").write_bytes(bytes(data))
     with pytest.raises(CorruptFileError):
         AnomalyDetector.load(tmp_path / "bad.emb", engine=_Dim8())
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("lines", lambda a: np.array([10**12]), "lines must index the"),
+        ("lines", lambda a: a["lines"] - 100, "lines must index the"),
+        ("centroids", lambda a: a["centroids"][:, :3], "centroids must be a float"),
+        ("alert_counts", lambda a: a["alert_counts"][:0], "alert_groups and alert_counts"),
+        ("patterns", lambda a: a["patterns"][:0], "patterns must be a non-empty"),
+    ],
+)
+def test_a_crafted_state_is_refused_on_load(rng, tmp_path, field, value, words):
+    """A file whose checksum was recomputed after editing arrays that no longer fit together
+    is refused at load, not at the first score (a 10**12 pattern index asked for terabytes)."""
+    det = _detector(admit_after=5).fit_vectors(_normal(rng, 60))
+    _judge(det, _unit(np.eye(8)[6])[None])  # one open alert group
+    det.save(tmp_path / "det.emb")
+    arrays, meta = load_arrays(tmp_path / "det.emb")
+    arrays[field] = value(arrays)
+    save_arrays(tmp_path / "crafted.emb", arrays, meta)
+    with pytest.raises(CorruptFileError, match=words):
+        AnomalyDetector.load(tmp_path / "crafted.emb", engine=_Dim8())
 
 
 def test_first_format_files_still_load(rng, tmp_path):

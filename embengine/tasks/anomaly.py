@@ -629,7 +629,7 @@ class AnomalyDetector:
         )
         if meta.get("format", 1) == 1:
             return detector.fit_vectors(arrays["vectors"])
-        detector._state = _State(
+        detector._state = _checked_state(
             patterns=arrays["patterns"],
             lines=arrays["lines"].astype(np.int64),
             centroids=arrays["centroids"],
@@ -645,6 +645,34 @@ class AnomalyDetector:
 
 
 # -- helpers (pure functions of arrays) ----------------------------------------------------
+
+
+def _checked_state(**fields: object) -> _State:
+    """A loaded state whose arrays fit together, or ValueError saying which does not (load
+    turns it into CorruptFileError): a crafted pattern index would otherwise reach the first
+    score as a huge allocation or an index error."""
+    st = _State(**fields)  # type: ignore[arg-type]
+    if st.patterns.ndim != 2 or len(st.patterns) == 0 or st.patterns.dtype.kind != "f":
+        raise ValueError(f"patterns must be a non-empty float matrix, got {st.patterns.shape}")
+    dim = st.patterns.shape[1]
+    for name in ("centroids", "profiles", "alert_vectors"):
+        a = getattr(st, name)
+        if a.ndim != 2 or a.shape[1] != dim or a.dtype.kind != "f":
+            raise ValueError(f"{name} must be a float (n, {dim}) matrix, got {a.shape}")
+    if len(st.centroids) == 0:
+        raise ValueError("centroids is empty")
+    if st.lines.ndim != 1 or len(st.lines) == 0:
+        raise ValueError(f"lines must be a non-empty vector, got shape {st.lines.shape}")
+    if st.lines.min() < 0 or st.lines.max() >= len(st.patterns):
+        raise ValueError(f"lines must index the {len(st.patterns)} patterns")
+    alerts = len(st.alert_vectors)
+    if st.alert_groups.shape != (alerts,) or st.alert_counts.shape != (alerts,):
+        raise ValueError(f"alert_groups and alert_counts must have {alerts} entries each")
+    if alerts and st.alert_counts.min() < 0:
+        raise ValueError("alert_counts must not be negative")
+    if not math.isfinite(st.threshold):
+        raise ValueError(f"threshold must be finite, got {st.threshold}")
+    return st
 
 
 def _distinct(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
