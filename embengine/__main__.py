@@ -1,4 +1,8 @@
-"""`python -m embengine`: what was built, what this machine has, and whether the model loads."""
+"""`python -m embengine`: what was built, what this machine has, and whether the model loads.
+
+With arguments it is the command line: `python -m embengine embed ...` = `embengine embed ...`
+(for environments where the console script is not on PATH).
+"""
 
 from __future__ import annotations
 
@@ -45,4 +49,8 @@ def _onnxruntime() -> dict[str, object] | str:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        from embengine.cli import main
+
+        sys.exit(main(sys.argv[1:]))
     print(json.dumps(report(), indent=2, default=str))

@@ -44,6 +44,18 @@ def test_python_dash_m_reports_build_and_devices(tmp_path: Path) -> None:
     assert report["default_model"]["dim"] == 384
 
 
+def test_python_dash_m_with_arguments_is_the_command_line(tmp_path: Path) -> None:
+    """Where the console script is not on PATH, `python -m embengine CMD` is `embengine CMD`."""
+    run = [sys.executable, "-m", "embengine"]
+    usage = subprocess.run([*run, "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert usage.returncode == 0
+    assert "embed" in usage.stdout
+    assert "serve" in usage.stdout
+    wrong = subprocess.run([*run, "no-such-command"], capture_output=True, text=True, cwd=tmp_path)
+    assert wrong.returncode == 2
+    assert "invalid choice: 'no-such-command'" in wrong.stderr
+
+
 @pytest.mark.parametrize(
     ("capability", "archs", "expected"),
     [
