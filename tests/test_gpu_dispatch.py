@@ -259,6 +259,16 @@ class NumpyGpu(similarity._Gpu):
     def tf32(self) -> bool:
         return False
 
+    half_tiles = False  # a test turns on float16 pair nomination (torch-only on a real GPU)
+
+    def half_copy(self, x: Any) -> Any:
+        a = np.asarray(x)
+        return dev(a.astype(np.float16)) if NumpyGpu.half_tiles else None
+
+    def half_product(self, a: Any, b: Any) -> Any:
+        # float16 products are exact in float32 and summed in float32, as on tensor cores
+        return dev(np.asarray(a, np.float32) @ np.asarray(b, np.float32).T)
+
     def count_not_finite(self, a: Any) -> int:
         return int((~np.isfinite(np.asarray(a))).sum())
 
@@ -269,6 +279,7 @@ def install_host_gpu(kernels: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setattr(ops, "cuda_module", lambda: kernels)
     monkeypatch.setattr(NumpyGpu, "converted", [])
     monkeypatch.setattr(NumpyGpu, "reads", 0)
+    monkeypatch.setattr(NumpyGpu, "half_tiles", False)
     monkeypatch.setattr(similarity, "_Gpu", NumpyGpu)
     monkeypatch.setattr(CudaArray, "stream", lambda self: 0)
     return kernels
@@ -454,10 +465,48 @@ def test_gpu_pairs_equal_the_cpu_pairs_bit_for_bit(
         np.testing.assert_array_equal(host(g), w)
 
 
+def pairs_at(rng: np.random.Generator, n: int, d: int, threshold: float) -> np.ndarray:
+    """2n unit rows: n pairs whose exact cosines lie within 2e-4 above `threshold`."""
+    a = unit_rows(rng, n, d).astype(np.float64)
+    b = rng.standard_normal((n, d))
+    b -= (b * a).sum(axis=1, keepdims=True) * a  # orthogonal to a
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+    cos = threshold + rng.uniform(1e-6, 2e-4, (n, 1))
+    return np.concatenate([a, cos * a + np.sqrt(1 - cos**2) * b]).astype(np.float32)
+
+
+def test_gpu_pairs_nominated_in_float16_equal_the_cpu_pairs(
+    fake_gpu: FakeKernels, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tensor-core (float16) tiles only nominate: the widened margin keeps every pair at the
+    threshold, and the float32 re-score gives the CPU's pairs and bits."""
+    monkeypatch.setattr(NumpyGpu, "half_tiles", True)
+    x = pairs_at(rng, 300, 64, 0.9)
+    want = ops.pairs_above(x, 0.9)
+    assert len(want[0]) >= 300
+    for g, w in zip(ops.pairs_above(dev(x), 0.9), want, strict=True):
+        np.testing.assert_array_equal(host(g), w)
+    for g, w in zip(
+        ops.pairs_above(dev(x[:300]), 0.9, y=dev(x[300:])),
+        ops.pairs_above(x[:300], 0.9, y=x[300:]),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(host(g), w)
+    # the margin is what keeps them: the float32 one loses pairs whose float16 tile fell short
+    float32_margin = similarity.rounding_margin
+    monkeypatch.setattr(
+        similarity, "rounding_margin", lambda d, nx, ny, **_: float32_margin(d, nx, ny)
+    )
+    assert len(host(ops.pairs_above(dev(x), 0.9)[0])) < len(want[0])
+
+
 def test_gpu_pairs_margin_is_wider_with_tf32() -> None:
     plain = similarity.rounding_margin(384, 1.0, 1.0)
     assert 0 < plain < 1e-4
     assert similarity.rounding_margin(384, 1.0, 1.0, tf32=True) > 1e-3  # 10-bit inputs
+    # float16 also has subnormals below 2^-14: a little more again
+    half = similarity.rounding_margin(384, 1.0, 1.0, half=True)
+    assert half > similarity.rounding_margin(384, 1.0, 1.0, tf32=True)
 
 
 # ---- the device status words (defect 7) ----

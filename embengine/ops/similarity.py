@@ -10,6 +10,7 @@ the tiles and run one native SIMD pass over the data. Memory stays O(q * k + til
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -215,18 +216,25 @@ def _rounding_bound(x: np.ndarray, y: np.ndarray) -> float:
     return rounding_margin(x.shape[1], norms[0], norms[1])
 
 
-def rounding_margin(d: int, max_norm_x: float, max_norm_y: float, *, tf32: bool = False) -> float:
+def rounding_margin(
+    d: int, max_norm_x: float, max_norm_y: float, *, tf32: bool = False, half: bool = False
+) -> float:
     """Twice the bound on |tile dot - exact dot| of any row pair, for a (cu)BLAS tile.
 
     float32 products accumulate at most gamma_d = d u / (1 - d u) relative error (u = 2^-24).
     TF32 tensor cores round both inputs to 10 mantissa bits first: each product is then off
-    by up to 2 * 2^-11 more, so the margin grows by that much.
+    by up to 2 * 2^-11 more, so the margin grows by that much. float16 inputs (`half`) round
+    to the same 10 bits, and values below 2^-14 lose bits as subnormals: at most 2^-25 off
+    each, so sqrt(d) 2^-25 (|x| + |y|) more in all.
     """
     u = 2.0**-24
     gamma = d * u / (1 - d * u)
-    if tf32:
+    if tf32 or half:
         gamma += 2 * 2.0**-11 + 2.0**-22
-    return float(2 * gamma * max_norm_x * max_norm_y)
+    margin = 2 * gamma * max_norm_x * max_norm_y
+    if half:
+        margin += 2 * math.sqrt(d) * 2.0**-25 * (1 + 2.0**-10) * (max_norm_x + max_norm_y)
+    return float(margin)
 
 
 def _row_major(
@@ -328,6 +336,25 @@ class _Gpu:
         if parts_left:
             return torch.mm(parts, wide.T, out_dtype=torch.float32)
         return torch.mm(wide, parts.T, out_dtype=torch.float32)
+
+    def half_copy(self, x: Any) -> Any | None:
+        """x as float16 to nominate pairs on tensor cores (the candidates are re-scored in
+        float32, so the margin covers the rounding), or None: CuPy, no float32-output half
+        product in this torch, bfloat16 data (7 bits: a margin too wide), or values too
+        large for float16."""
+        if not self.torch or not _mm_out_dtype_works():
+            return None
+        import torch
+
+        if x.dtype == torch.bfloat16 or float(x.abs().max()) >= HALF_SPLIT_MAX:
+            return None  # (NaN passes: its scores are counted by the kernel, as in float32)
+        return x.half()
+
+    def half_product(self, a: Any, b: Any) -> Any:
+        """a @ b.T of float16 arrays as a float32 tile, on tensor cores."""
+        import torch
+
+        return torch.mm(a, b.T, out_dtype=torch.float32)
 
     def zero(self, a: Any) -> None:
         a.zero_() if self.torch else a.fill(0)
@@ -642,9 +669,10 @@ def pairs_cuda(
 ) -> tuple[Any, Any, Any]:
     """pairs_cpu on the GPU, with the same pairs and bit-equal scores.
 
-    cuBLAS tiles nominate candidates within the proven rounding margin (TF32 included), and
-    each candidate is re-scored by dot_lanes8, the CPU's own summation order. The output
-    grows: a tile with more pairs than room is re-run with room for all of them.
+    cuBLAS tiles nominate candidates within the proven rounding margin (TF32 included; float16
+    tensor-core tiles where torch allows, the margin widened to match), and each candidate is
+    re-scored by dot_lanes8 on float32 rows, the CPU's own summation order. The output grows:
+    a tile with more pairs than room is re-run with room for all of them.
     """
     g = _Gpu(x)
     other = x if y is None else y
@@ -654,8 +682,11 @@ def pairs_cuda(
         return empty
     xs = x.astype(x.dtype)
     os_ = xs if y is None else other.astype(other.dtype)
+    x16 = g.half_copy(xs.original)  # nominate on tensor cores when the data allows
+    y16 = None if x16 is None else (x16 if y is None else g.half_copy(os_.original))
+    half = x16 is not None and y16 is not None
     margin = rounding_margin(
-        d, g.max_row_norm(xs.original), g.max_row_norm(os_.original), tf32=g.tf32()
+        d, g.max_row_norm(xs.original), g.max_row_norm(os_.original), tf32=g.tf32(), half=half
     )
     col_width = TILE_COLS * 4
     conv_rows = None if xs.dtype == "float32" else g.empty((TILE_ROWS, d))
@@ -677,7 +708,7 @@ def pairs_cuda(
                 c0, c1 = (c0 + r0, c1 + r0) if y is None else (c0, c1)
                 cols = os_.original[c0:c1]
                 cols = cols if conv_cols is None else g.f32(cols, conv_cols)
-                tile = g.matmul(rows, cols)
+                tile = g.half_product(x16[r0:r1], y16[c0:c1]) if half else g.matmul(rows, cols)
                 upper = y is None and c0 < r1
                 while True:
                     g.zero(count)
