@@ -360,6 +360,8 @@ def _read_npz(body: _Window, path: Path) -> dict[str, np.ndarray]:
 
 def _member_bytes(body: _Window, member: zipfile.ZipInfo, what: str) -> _Window:
     """Where a stored member's bytes lie (after its local header), checked to lie in `body`."""
+    if not 0 <= member.header_offset < body.size:
+        raise CorruptFileError(f"{what} (its header offset {member.header_offset} is outside)")
     body.seek(member.header_offset)
     local = body.read(_LOCAL_HEADER.size)
     if len(local) < _LOCAL_HEADER.size:

@@ -529,6 +529,28 @@ def test_a_member_claiming_bytes_that_are_not_there_is_refused_before_allocating
     assert not allocated
 
 
+def _move_header_offset(body: bytes, by: int, *, directory: bool) -> bytes:
+    """The body with its member's local-header offset moved: in the central directory entry
+    itself, or through the end record's directory offset (which zipfile subtracts)."""
+    if directory:
+        at = body.index(b"PK\x01\x02") + 42
+    else:
+        at, by = body.index(b"PK\x05\x06") + 16, -by
+    (value,) = struct.unpack("<L", body[at : at + 4])
+    return body[:at] + struct.pack("<L", (value + by) % 2**32) + body[at + 4 :]
+
+
+@pytest.mark.parametrize(("by", "directory"), [(10**6, True), (-1000, False), (-7, True)])
+def test_a_member_header_outside_the_body_is_a_corrupt_file(
+    tmp_path: Path, by: int, directory: bool
+) -> None:
+    body = npz({"x.npy": npy_header((4,)) + b"\0" * 16})
+    path = tmp_path / "crafted.emb"
+    path.write_bytes(container(_move_header_offset(body, by, directory=directory)))
+    with pytest.raises(CorruptFileError):
+        load_arrays(path)
+
+
 def test_a_flipped_byte_inside_a_large_member_is_detected(tmp_path: Path) -> None:
     """A member larger than a read chunk (8 MiB): damage in its middle fails the sha256; the
     same damage with the sha256 recomputed (a forger) fails the member's CRC-32."""

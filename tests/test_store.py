@@ -20,6 +20,7 @@ from embengine.errors import (
 )
 from embengine.io import save_arrays
 from embengine.store import EmbeddingStore, content_hash
+from embengine.store.segment import write_manifest
 
 
 @pytest.fixture
@@ -240,6 +241,10 @@ def test_other_model_or_damage_is_refused_and_files_kept(
     for text in ("not json", json.dumps({**manifest, "dim": 5}), "[]"):
         (path / "MANIFEST.json").write_text(text)
         with pytest.raises(CorruptFileError):
+            EmbeddingStore(path, fingerprint="m1", dim=4)
+    for field, value in (("next", float("inf")), ("next", -1), ("dim", 4.0), ("fingerprint", 1)):
+        write_manifest(path, {**manifest, field: value})  # a forger's valid checksum
+        with pytest.raises(CorruptFileError, match="must be"):
             EmbeddingStore(path, fingerprint="m1", dim=4)
     (path / "MANIFEST.json").write_bytes(good["MANIFEST.json"])
     (path / segment).unlink()

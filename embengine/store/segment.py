@@ -321,9 +321,13 @@ def read_manifest(directory: Path) -> dict | None:
             )
             if not fine:
                 raise CorruptFileError(f"{path}: bad segment entry {entry!r}")
-        int(manifest["next"]), int(manifest["dim"]), str(manifest["fingerprint"])
+        counts = (manifest["next"], manifest["dim"])
+        if not all(type(c) is int and c >= 0 for c in counts):
+            raise ValueError(f"next and dim must be counts, got {counts}")
+        if not isinstance(manifest["fingerprint"], str):
+            raise ValueError("the model fingerprint must be a string")
     except (KeyError, TypeError, ValueError) as exc:
-        raise CorruptFileError(f"{path}: bad manifest fields") from exc
+        raise CorruptFileError(f"{path}: bad manifest fields ({exc})") from exc
     return body
 
 
