@@ -77,3 +77,12 @@ class GatedEngine:
 def gated(engine: Engine) -> Callable[..., GatedEngine]:
     """Makes engines whose batches wait for a gate (serving tests: requests held in flight)."""
     return lambda fail=False: GatedEngine(engine, fail=fail)
+
+
+@pytest.fixture
+def sim_gpu(monkeypatch: pytest.MonkeyPatch) -> object:
+    """embengine.ops' CUDA path on the host, running the real kernels under the emulator
+    (tests/gpu_fakes.py): device arrays are `gpu_fakes.dev(numpy_array)`."""
+    from gpu_fakes import SimKernels, install_host_gpu
+
+    return install_host_gpu(SimKernels(), monkeypatch)
