@@ -190,7 +190,7 @@ void run_block(unsigned threads) {
   warp_masks.assign(static_cast<size_t>(warps) * 64, 0);
   for (unsigned t = 0; t < threads; ++t) {
     Fiber& f = fibers[t];
-    if (!f.stack) f.stack = std::make_unique<char[]>(kStackBytes);
+    if (!f.stack) f.stack.reset(new char[kStackBytes]);  // not zeroed: pages come as used
     prepare(f.context, f.stack.get(), kStackBytes);
     f.state = State::ready;
   }
