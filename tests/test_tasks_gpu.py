@@ -1,0 +1,162 @@
+"""The jobs on a device-resident engine: vectors stay on the device from encoder to result.
+
+`FakeCudaEncoder` makes the session engine pose as a CUDA one (its host `encode` raises, so
+a job that took the host path fails); its rows come back as CPU torch tensors, on which the
+ops run their CPU kernels, so every result must equal the host path's bit for bit. The
+`sim_gpu` tests hand the jobs numpy-backed "CUDA arrays" instead: the real CUDA kernels
+run on the CPU emulator.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from gpu_fakes import FakeCudaEncoder, dev, unit_rows
+
+from embengine import Engine
+from embengine.errors import InvalidInputError
+from embengine.tasks import _device, dedup
+from embengine.tasks.dedup import dedup_vectors, match_vectors
+
+torch = pytest.importorskip("torch")
+
+PRODUCTS = [
+    {"name": "Apple iPhone 12, 64GB, black", "brand": "Apple"},
+    {"name": "Bosch cordless drill PSR 1800", "brand": "Bosch"},
+    {"name": "iPhone 12 black 64 GB", "brand": "Apple"},
+    {"name": "Fresh organic bananas, one bunch", "brand": ""},
+    {"name": "Bosch PSR1800 cordless drill driver", "brand": "Bosch"},
+    {"name": "Apple iPhone 12, 64GB, black", "brand": "Apple"},  # an exact copy of row 0
+    {"name": "Fresh organic bananas, one bunch", "brand": ""},
+    {"name": "Sony KDL-46V4100 46in Bravia LCD TV", "brand": "Sony"},
+]
+
+
+@pytest.fixture
+def on_cuda(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> FakeCudaEncoder:
+    """The session engine posing as a resident CUDA one (restored after the test)."""
+    fake = FakeCudaEncoder(engine.encoder)
+    monkeypatch.setattr(engine, "encoder", fake)
+    monkeypatch.setattr(engine, "store", None)
+    assert _device.resident(engine)
+    return fake
+
+
+def same_pairs(got: Any, want: Any) -> None:
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+
+
+def with_copies(rng: np.random.Generator, n: int = 400, dim: int = 24) -> np.ndarray:
+    """Unit rows with near-duplicates and exact copies (one row copied 30 times)."""
+    x = unit_rows(rng, n, dim)
+    near = rng.choice(n, 40, replace=False)
+    x[near[20:]] = x[near[:20]] + 0.02 * rng.standard_normal((20, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    others = rng.permutation(np.setdiff1d(np.arange(n), [7, 11]))
+    x[others[:30]] = x[7]
+    x[others[30:35]] = x[11]
+    return x
+
+
+# ---- dedup -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("confirm", [None, True])
+def test_engine_dedup_runs_on_the_device_with_the_host_result(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, confirm: bool | None
+) -> None:
+    want = engine.dedup(PRODUCTS, 0.8, template="{brand} {name}", confirm=confirm)
+    fake = FakeCudaEncoder(engine.encoder)
+    monkeypatch.setattr(engine, "encoder", fake)
+    monkeypatch.setattr(engine, "store", None)
+    runs = _device.device_runs["dedup"]
+    got = engine.dedup(PRODUCTS, 0.8, template="{brand} {name}", confirm=confirm)
+    assert _device.device_runs["dedup"] == runs + 1
+    assert fake.device_batches >= 1
+    assert engine.last_stats.device_outputs == 1
+    np.testing.assert_array_equal(got.labels, want.labels)
+    same_pairs(got.pairs, want.pairs)
+    assert got.labels[5] == 0  # the exact copy
+    assert got.labels[2] == 0  # the near-duplicate
+
+
+@pytest.mark.parametrize("method", ["exact", "partitioned"])
+def test_dedup_vectors_on_a_tensor_equals_the_host(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    monkeypatch.setattr(dedup, "_BLOCK", 64)  # several tiles, cross-tile pairs included
+    x = with_copies(rng)
+    texts = [f"row {i % 50}" for i in range(len(x))]  # copies whose texts differ stay apart
+    options = {"method": method, "partitions": 4, "texts": texts, "confirm": lambda a, b: True}
+    want = dedup_vectors(x, 0.9, **options)
+    runs = _device.device_runs["dedup"]
+    got = dedup_vectors(torch.from_numpy(x.copy()), 0.9, **options)
+    assert _device.device_runs["dedup"] == runs + 1
+    np.testing.assert_array_equal(got.labels, want.labels)
+    same_pairs(got.pairs, want.pairs)
+    plain = dedup_vectors(torch.from_numpy(x.copy()), 0.9, method=method, partitions=4)
+    assert (plain.labels == plain.labels[7]).sum() == 31  # every copy of row 7 joins it
+
+
+def test_dedup_vectors_on_cuda_arrays_runs_the_kernels_there(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, sim_gpu: Any
+) -> None:
+    monkeypatch.setattr(dedup, "_BLOCK", 128)
+    x = with_copies(rng, n=300)
+    want = dedup_vectors(x, 0.9)
+    got = dedup_vectors(dev(x), 0.9)
+    assert "pairs_in_tile" in sim_gpu.calls  # the CUDA pair kernel, emulated
+    np.testing.assert_array_equal(got.labels, want.labels)
+    same_pairs(got.pairs, want.pairs)
+
+
+def test_device_vectors_are_checked_as_host_ones(rng: np.random.Generator, sim_gpu: Any) -> None:
+    x = unit_rows(rng, 20, 8)
+    x[13, 2] = np.nan
+    for bad in (torch.from_numpy(x), dev(x)):
+        with pytest.raises(InvalidInputError, match=r"vectors has NaN or inf values.*row 13"):
+            dedup_vectors(bad, 0.9)
+    with pytest.raises(InvalidInputError, match=r"must have shape \(n, dim\)"):
+        dedup_vectors(dev(x[0]), 0.9)
+
+
+# ---- match -------------------------------------------------------------------------------
+
+
+def test_engine_match_runs_on_the_device_with_the_host_result(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    left = ["Sony Bravia 40 inch LCD TV - KDL40V4100", "Canon PowerShot camera - SD1100IS",
+            "Bosch cordless drill PSR 1800", "organic bananas"]  # fmt: skip
+    right = ["Canon PowerShot SD1100 IS digital camera", "Sony KDL-46V4100 46in Bravia LCD TV",
+             "Bosch PSR1800 drill driver"]  # fmt: skip
+    want = [engine.match(left, right, cut, confirm=True) for cut in ("auto", 0.3)]
+    fake = FakeCudaEncoder(engine.encoder)
+    monkeypatch.setattr(engine, "encoder", fake)
+    monkeypatch.setattr(engine, "store", None)
+    runs = _device.device_runs["match"]
+    got = [engine.match(left, right, cut, confirm=True) for cut in ("auto", 0.3)]
+    assert _device.device_runs["match"] == runs + 2
+    assert fake.device_batches >= 2
+    for g, w in zip(got, want, strict=True):
+        same_pairs(g, w)
+    assert (1, 0) in set(zip(got[1].i.tolist(), got[1].j.tolist(), strict=True))
+
+
+def test_match_vectors_on_cuda_arrays_runs_top_k_there(
+    rng: np.random.Generator, sim_gpu: Any
+) -> None:
+    left = unit_rows(rng, 60, 32)
+    right = np.concatenate([left[:40] + 0.05 * unit_rows(rng, 40, 32), unit_rows(rng, 30, 32)])
+    right /= np.linalg.norm(right, axis=1, keepdims=True)
+    want = match_vectors(left, right, 0.8, candidates=3)
+    got = match_vectors(dev(left), dev(right), 0.8, candidates=3)
+    assert any(call.startswith("topk_select") for call in sim_gpu.calls)
+    np.testing.assert_array_equal(got.i, want.i)
+    np.testing.assert_array_equal(got.j, want.j)
+    np.testing.assert_allclose(got.score, want.score, atol=1e-5)
+    np.testing.assert_array_equal(got.j, np.arange(40))  # each planted partner, no other
