@@ -16,12 +16,15 @@ import pytest
 from gpu_fakes import FakeCudaEncoder, dev, unit_rows
 
 from embengine import Engine
+from embengine.demo import bundled_events
 from embengine.errors import InvalidInputError
 from embengine.tasks import _device, dedup
+from embengine.tasks.anomaly import AnomalyDetector
 from embengine.tasks.dedup import dedup_vectors, match_vectors
 
 torch = pytest.importorskip("torch")
 
+HOWS = ("profile", "mean", "max")
 PRODUCTS = [
     {"name": "Apple iPhone 12, 64GB, black", "brand": "Apple"},
     {"name": "Bosch cordless drill PSR 1800", "brand": "Bosch"},
@@ -160,3 +163,84 @@ def test_match_vectors_on_cuda_arrays_runs_top_k_there(
     np.testing.assert_array_equal(got.j, want.j)
     np.testing.assert_allclose(got.score, want.score, atol=1e-5)
     np.testing.assert_array_equal(got.j, np.arange(40))  # each planted partner, no other
+
+
+# ---- anomaly detector --------------------------------------------------------------------
+
+
+def test_anomaly_scores_run_on_the_device_with_the_host_scores(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    history, stream = bundled_events()
+    det = engine.anomaly_detector(centroids=2)
+    det.fit(history)
+    sessions = [i % 4 for i in range(len(stream))]
+    want = det.score(stream), det.is_anomalous(stream)
+    want_groups = {how: det.score_groups(stream, sessions, how=how) for how in HOWS}
+    fake = FakeCudaEncoder(engine.encoder)
+    monkeypatch.setattr(engine, "encoder", fake)
+    monkeypatch.setattr(engine, "store", None)
+    runs = _device.device_runs["anomaly"]
+    got = det.score(stream), det.is_anomalous(stream)
+    assert _device.device_runs["anomaly"] == runs + 2
+    assert fake.device_batches >= 2
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    assert got[1].sum() == 5  # the disk and memory faults
+    for how in HOWS:
+        groups = det.score_groups(stream, sessions, how=how)
+        assert groups.groups == want_groups[how].groups
+        np.testing.assert_array_equal(groups.scores, want_groups[how].scores)
+    assert _device.device_runs["anomaly"] == runs + 4  # mean and max: line scores there
+    det.update(stream[:5])  # a write: the next score copies the new state's arrays over
+    monkeypatch.undo()
+    want_after = det.score(stream)
+    monkeypatch.setattr(engine, "encoder", fake)
+    monkeypatch.setattr(engine, "store", None)
+    np.testing.assert_array_equal(det.score(stream), want_after)
+
+
+def test_device_copies_of_the_state_are_made_once_per_state(rng: np.random.Generator) -> None:
+    det = AnomalyDetector(_Dim8(), mask=None).fit_vectors(_unit(rng, 200))
+    probe = _unit(rng, 30)
+    st = det._state
+    first = det.score_vectors(torch.from_numpy(probe))
+    copies = dict(st.device)
+    assert set(copies) == {("centroids", "cpu"), ("patterns", "cpu")}
+    np.testing.assert_array_equal(det.score_vectors(torch.from_numpy(probe)), first)
+    assert all(st.device[key] is copy for key, copy in copies.items())  # reused, not remade
+    np.testing.assert_array_equal(first, det.score_vectors(probe))
+    det.update_vectors(_unit(rng, 50))
+    assert det._state.device == {}  # a new state starts without copies
+    np.testing.assert_array_equal(
+        det.score_vectors(torch.from_numpy(probe)), det.score_vectors(probe)
+    )
+
+
+def test_anomaly_scores_on_cuda_arrays_run_the_kernels_there(
+    rng: np.random.Generator, sim_gpu: Any
+) -> None:
+    det = AnomalyDetector(_Dim8(), mask=None).fit_vectors(_unit(rng, 200))
+    probe = np.concatenate([_unit(rng, 30), np.eye(8, dtype=np.float32)])
+    want = det.score_vectors(probe)
+    got = det.score_vectors(dev(probe))
+    assert "nearest_centroid" in sim_gpu.calls
+    assert any(call.startswith("topk_select") for call in sim_gpu.calls)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    det.update_vectors(dev(probe[:4]))  # a write takes device rows too: the window is host
+    assert len(det) == 204
+    with pytest.raises(InvalidInputError, match="has dim 4, expected 8"):
+        det.score_vectors(dev(probe[:, :4]))
+
+
+class _Dim8:
+    """A stand-in engine for vector-only tests (no store, no GPU)."""
+
+    dim = 8
+    spec = type("Spec", (), {"fingerprint": "test-8"})()
+
+
+def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Noisy copies of one direction: unimodal normal traffic."""
+    x = np.eye(8, dtype=np.float32)[0] + 0.1 * rng.standard_normal((n, 8)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)

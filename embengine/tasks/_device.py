@@ -30,8 +30,9 @@ _runs_lock = threading.Lock()
 
 def resident(engine: Engine) -> bool:
     """Does `engine.embed(output="torch")` leave vectors on the GPU? (a store sends them
-    through the host, where it lives)"""
-    return engine.store is None and engine._device_resident()
+    through the host, where it lives; an engine stand-in without these is a host one)"""
+    device_resident = getattr(engine, "_device_resident", None)
+    return getattr(engine, "store", None) is None and bool(device_resident and device_resident())
 
 
 def embed(engine: Engine, texts: list[str]) -> Any:
@@ -85,6 +86,25 @@ def like(a: np.ndarray, x: Any) -> Any:
 
     with x.device:
         return cupy.asarray(a, dtype=cupy.float32)
+
+
+def placed(cache: dict[tuple[str, str], Any], name: str, a: np.ndarray, x: Any) -> Any:
+    """Host array `a` (called `name`) where x lives: `a` itself for a host x, else a device
+    copy kept in `cache` (one per device). The cache belongs to one never-mutated state, so
+    the copy stays true; two readers may both build it, but each sees a whole one."""
+    if not on_device(x):
+        return a
+    key = (name, _where(x))
+    copy = cache.get(key)
+    if copy is None:
+        copy = cache.setdefault(key, like(a, x))
+    return copy
+
+
+def _where(x: Any) -> str:
+    if is_torch(x):
+        return str(x.device)
+    return f"cuda:{x.device.id}"
 
 
 def check(x: Any, name: str, dim: int | None = None) -> Any:
