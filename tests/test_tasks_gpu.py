@@ -16,10 +16,11 @@ import pytest
 from gpu_fakes import FakeCudaEncoder, dev, unit_rows
 
 from embengine import Engine
-from embengine.demo import bundled_events
+from embengine.demo import bundled_events, bundled_tickets
 from embengine.errors import InvalidInputError
 from embengine.tasks import _device, dedup
 from embengine.tasks.anomaly import AnomalyDetector
+from embengine.tasks.classify import Classifier
 from embengine.tasks.dedup import dedup_vectors, match_vectors
 
 torch = pytest.importorskip("torch")
@@ -244,3 +245,65 @@ def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
     """Noisy copies of one direction: unimodal normal traffic."""
     x = np.eye(8, dtype=np.float32)[0] + 0.1 * rng.standard_normal((n, 8)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+# ---- classifier --------------------------------------------------------------------------
+
+
+def _tickets() -> tuple[dict[str, list[str]], list[str]]:
+    """The bundled tickets: training examples by label, and the test texts."""
+    examples: dict[str, list[str]] = {}
+    for split, label, text in bundled_tickets():
+        if split == "train":
+            examples.setdefault(label, []).append(text)
+    queries = [text for split, _, text in bundled_tickets() if split != "train"]
+    return examples, [*queries, "what is the weather like on mars", "a recipe for pancakes"]
+
+
+@pytest.mark.parametrize("mode", ["auto", "neighbours", "centroid"])
+def test_classifier_predicts_on_the_device_with_the_host_result(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    examples, queries = _tickets()
+    clf = Classifier(engine, examples, mode=mode, threshold="auto")
+    want = clf.predict(queries), clf.predict_proba(queries), clf.oos_score(queries)
+    fake = FakeCudaEncoder(engine.encoder)
+    monkeypatch.setattr(engine, "encoder", fake)
+    monkeypatch.setattr(engine, "store", None)
+    runs = _device.device_runs["classify"]
+    got = clf.predict(queries), clf.predict_proba(queries), clf.oos_score(queries)
+    assert _device.device_runs["classify"] == runs + 3
+    assert fake.device_batches >= 3
+    assert got[0] == want[0]
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[2], want[2])
+    snap = clf._snap
+    assert ("examples", "cpu") in snap.device or mode == "centroid"  # the kNN's copy
+    assert ("vectors", "cpu") in snap.device  # the out-of-scope neighbour score's
+
+
+def test_classifier_on_cuda_arrays_runs_the_searches_there(
+    rng: np.random.Generator, sim_gpu: Any
+) -> None:
+    centres = np.eye(16, dtype=np.float32)[:3]
+    x = np.concatenate([c + 0.1 * rng.standard_normal((12, 16)) for c in centres])
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    labels = np.repeat(["a", "b", "c"], 12).tolist()
+    probe = np.concatenate([x[::5], np.eye(16, dtype=np.float32)[8:10]])
+    for mode in ("knn", "centroid", "neighbours"):
+        clf = Classifier.from_vectors(x, labels, mode=mode, threshold=0.9)
+        want = clf.predict_vectors(probe), clf.predict_proba_vectors(probe)
+        want_oos = clf.oos_score_vectors(probe)
+        sim_gpu.calls.clear()
+        got = clf.predict_vectors(dev(probe)), clf.predict_proba_vectors(dev(probe))
+        assert "normalize_rows" in sim_gpu.calls  # centred on the device
+        assert any(call.startswith("topk_select") for call in sim_gpu.calls), mode
+        assert got[0] == want[0]
+        np.testing.assert_allclose(got[1], want[1], atol=1e-4)
+        np.testing.assert_allclose(clf.oos_score_vectors(dev(probe)), want_oos, atol=1e-6)
+    clf.add_vectors("d", probe[-2:])  # a write: a new snapshot, no device copies yet
+    assert clf._snap.device == {}
+    proba = clf.predict_proba_vectors(dev(probe))
+    assert proba.shape == (len(probe), 4)
+    np.testing.assert_allclose(proba, clf.predict_proba_vectors(probe), atol=1e-4)
+    assert len(clf._snap.device) > 0
