@@ -9,6 +9,7 @@ run on the CPU emulator.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -38,9 +39,8 @@ PRODUCTS = [
 ]
 
 
-@pytest.fixture
 def on_cuda(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> FakeCudaEncoder:
-    """The session engine posing as a resident CUDA one (restored after the test)."""
+    """Make the session engine pose as a resident CUDA one (monkeypatch restores it)."""
     fake = FakeCudaEncoder(engine.encoder)
     monkeypatch.setattr(engine, "encoder", fake)
     monkeypatch.setattr(engine, "store", None)
@@ -74,9 +74,7 @@ def test_engine_dedup_runs_on_the_device_with_the_host_result(
     engine: Engine, monkeypatch: pytest.MonkeyPatch, confirm: bool | None
 ) -> None:
     want = engine.dedup(PRODUCTS, 0.8, template="{brand} {name}", confirm=confirm)
-    fake = FakeCudaEncoder(engine.encoder)
-    monkeypatch.setattr(engine, "encoder", fake)
-    monkeypatch.setattr(engine, "store", None)
+    fake = on_cuda(engine, monkeypatch)
     runs = _device.device_runs["dedup"]
     got = engine.dedup(PRODUCTS, 0.8, template="{brand} {name}", confirm=confirm)
     assert _device.device_runs["dedup"] == runs + 1
@@ -139,9 +137,7 @@ def test_engine_match_runs_on_the_device_with_the_host_result(
     right = ["Canon PowerShot SD1100 IS digital camera", "Sony KDL-46V4100 46in Bravia LCD TV",
              "Bosch PSR1800 drill driver"]  # fmt: skip
     want = [engine.match(left, right, cut, confirm=True) for cut in ("auto", 0.3)]
-    fake = FakeCudaEncoder(engine.encoder)
-    monkeypatch.setattr(engine, "encoder", fake)
-    monkeypatch.setattr(engine, "store", None)
+    fake = on_cuda(engine, monkeypatch)
     runs = _device.device_runs["match"]
     got = [engine.match(left, right, cut, confirm=True) for cut in ("auto", 0.3)]
     assert _device.device_runs["match"] == runs + 2
@@ -178,9 +174,7 @@ def test_anomaly_scores_run_on_the_device_with_the_host_scores(
     sessions = [i % 4 for i in range(len(stream))]
     want = det.score(stream), det.is_anomalous(stream)
     want_groups = {how: det.score_groups(stream, sessions, how=how) for how in HOWS}
-    fake = FakeCudaEncoder(engine.encoder)
-    monkeypatch.setattr(engine, "encoder", fake)
-    monkeypatch.setattr(engine, "store", None)
+    fake = on_cuda(engine, monkeypatch)
     runs = _device.device_runs["anomaly"]
     got = det.score(stream), det.is_anomalous(stream)
     assert _device.device_runs["anomaly"] == runs + 2
@@ -196,8 +190,7 @@ def test_anomaly_scores_run_on_the_device_with_the_host_scores(
     det.update(stream[:5])  # a write: the next score copies the new state's arrays over
     monkeypatch.undo()
     want_after = det.score(stream)
-    monkeypatch.setattr(engine, "encoder", fake)
-    monkeypatch.setattr(engine, "store", None)
+    on_cuda(engine, monkeypatch)
     np.testing.assert_array_equal(det.score(stream), want_after)
 
 
@@ -267,9 +260,7 @@ def test_classifier_predicts_on_the_device_with_the_host_result(
     examples, queries = _tickets()
     clf = Classifier(engine, examples, mode=mode, threshold="auto")
     want = clf.predict(queries), clf.predict_proba(queries), clf.oos_score(queries)
-    fake = FakeCudaEncoder(engine.encoder)
-    monkeypatch.setattr(engine, "encoder", fake)
-    monkeypatch.setattr(engine, "store", None)
+    fake = on_cuda(engine, monkeypatch)
     runs = _device.device_runs["classify"]
     got = clf.predict(queries), clf.predict_proba(queries), clf.oos_score(queries)
     assert _device.device_runs["classify"] == runs + 3
@@ -307,3 +298,43 @@ def test_classifier_on_cuda_arrays_runs_the_searches_there(
     assert proba.shape == (len(probe), 4)
     np.testing.assert_allclose(proba, clf.predict_proba_vectors(probe), atol=1e-4)
     assert len(clf._snap.device) > 0
+
+
+def test_device_readers_racing_a_writer_see_whole_states(rng: np.random.Generator) -> None:
+    """Device copies belong to one state: readers racing writes never mix two states."""
+    det = AnomalyDetector(_Dim8(), mask=None, novelty_weight=None).fit_vectors(_unit(rng, 200))
+    probe = _unit(rng, 40)
+    drift = [np.roll(_unit(rng, 30), 1 + i % 3, axis=1) for i in range(12)]
+    states = [det.score_vectors(probe)]
+    seen: list[np.ndarray] = []
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            for _ in range(40):
+                seen.append(det.score_vectors(torch.from_numpy(probe)))
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for batch in drift:
+        det.update_vectors(batch)
+        states.append(det.score_vectors(probe))
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(seen) == 120
+    for scores in seen:
+        assert any(np.array_equal(scores, state) for state in states)
+
+
+def test_an_engine_with_a_store_or_without_a_gpu_is_not_resident(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert not _device.resident(engine)  # the CPU engine
+    assert not _device.resident(_Dim8())  # a stand-in with neither store nor encoder
+    on_cuda(engine, monkeypatch)
+    monkeypatch.setattr(engine, "store", object())  # a store sends vectors through the host
+    assert not _device.resident(engine)

@@ -59,7 +59,7 @@ def record(job: str) -> None:
 def host(a: Any) -> np.ndarray:
     """A (small) result on the host as numpy: numpy as is, torch / CuPy copied over."""
     if isinstance(a, np.ndarray):
-        return a.view(np.ndarray) if type(a) is not np.ndarray else a
+        return np.asarray(a)  # a numpy-backed stand-in for a device array (tests) too
     if is_torch(a):
         return a.detach().cpu().numpy()
     return a.get()
@@ -82,8 +82,7 @@ def like(a: np.ndarray, x: Any) -> Any:
         return torch.as_tensor(np.ascontiguousarray(a, np.float32), device=x.device)
     if isinstance(x, np.ndarray):  # a numpy-backed stand-in for a device array (tests)
         return np.ascontiguousarray(a, np.float32).view(type(x))
-    import cupy
-
+    cupy = _cupy()
     with x.device:
         return cupy.asarray(a, dtype=cupy.float32)
 
@@ -120,8 +119,9 @@ def check(x: Any, name: str, dim: int | None = None) -> Any:
         bad = torch.nonzero(~torch.isfinite(a).all(dim=1))
         row = int(bad[0, 0]) if len(bad) else None
     else:
-        finite = host((~_xp(a).isfinite(a)).any(axis=1))
-        row = int(np.argmax(finite)) if finite.any() else None
+        xp = np if isinstance(a, np.ndarray) else _cupy()
+        bad = host(~xp.isfinite(a).all(axis=1))
+        row = int(np.argmax(bad)) if bad.any() else None
     if row is not None:
         raise InvalidInputError(
             f"{name} has NaN or inf values (first in row {row}, shape {tuple(a.shape)})"
@@ -140,10 +140,7 @@ def row_keys(x: Any) -> np.ndarray:
     return host(inverse).astype(np.int64, copy=False)
 
 
-def _xp(a: Any) -> Any:
-    """numpy or cupy, whichever holds a."""
-    if isinstance(a, np.ndarray):
-        return np
+def _cupy() -> Any:
     import cupy
 
     return cupy
