@@ -338,3 +338,14 @@ def test_an_engine_with_a_store_or_without_a_gpu_is_not_resident(
     on_cuda(engine, monkeypatch)
     monkeypatch.setattr(engine, "store", object())  # a store sends vectors through the host
     assert not _device.resident(engine)
+
+
+def test_a_coalescing_engine_keeps_small_calls_for_the_coalescer(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    on_cuda(engine, monkeypatch)
+    monkeypatch.setattr(engine, "coalesce", True)
+    texts = ["a red car", "the cat sat"]
+    assert isinstance(_device.embed(engine, texts), np.ndarray)  # may join others' batch
+    monkeypatch.setattr(engine, "max_batch_size", 2)
+    assert isinstance(_device.embed(engine, texts), torch.Tensor)  # too big to coalesce

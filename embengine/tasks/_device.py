@@ -37,8 +37,13 @@ def resident(engine: Engine) -> bool:
 
 def embed(engine: Engine, texts: list[str]) -> Any:
     """(n, dim) unit rows: a torch tensor on the engine's device when it is resident,
-    numpy otherwise (exactly `engine.embed(texts)`)."""
-    return engine.embed(texts, output="torch") if resident(engine) else engine.embed(texts)
+    numpy otherwise (exactly `engine.embed(texts)`). A call small enough to join the
+    request coalescer of an engine made with coalesce=True still does (numpy: the coalescer
+    batches with other callers' texts, which a device result cannot)."""
+    coalesced = getattr(engine, "coalesce", False) and len(texts) < engine.max_batch_size
+    if resident(engine) and not coalesced:
+        return engine.embed(texts, output="torch")
+    return engine.embed(texts)
 
 
 def on_device(x: Any) -> bool:
