@@ -19,6 +19,7 @@ from gpu_fakes import FakeCudaEncoder, dev, unit_rows
 from embengine import Engine
 from embengine.demo import bundled_events, bundled_tickets
 from embengine.errors import InvalidInputError
+from embengine.records import record_texts
 from embengine.tasks import _device, dedup
 from embengine.tasks.anomaly import AnomalyDetector
 from embengine.tasks.classify import Classifier
@@ -349,3 +350,38 @@ def test_a_coalescing_engine_keeps_small_calls_for_the_coalescer(
     assert isinstance(_device.embed(engine, texts), np.ndarray)  # may join others' batch
     monkeypatch.setattr(engine, "max_batch_size", 2)
     assert isinstance(_device.embed(engine, texts), torch.Tensor)  # too big to coalesce
+
+
+# ---- on a real GPU -----------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_every_job_on_a_cuda_engine_stays_there_and_agrees_with_the_host() -> None:
+    """A real resident engine: each job takes the device path and gives the host's result
+    for the same vectors (pairs exactly: pairs_above re-scores in one fixed order; top-k
+    and centroid scores to float32 rounding)."""
+    gpu = Engine(device="cuda", backend="torch", precision="fp32")
+    assert _device.resident(gpu)
+    before = dict(_device.device_runs)
+    texts = record_texts(PRODUCTS, template="{brand} {name}")
+    vectors = gpu.embed(texts)  # the same rows, copied to the host
+    got = gpu.dedup(PRODUCTS, 0.8, template="{brand} {name}", confirm=True)
+    want = dedup_vectors(vectors, 0.8, texts=texts, confirm=True)
+    np.testing.assert_array_equal(got.labels, want.labels)
+    same_pairs(got.pairs, want.pairs)
+    left, right = texts[:4], texts[4:]
+    pairs = gpu.match(left, right, 0.3)
+    host_pairs = match_vectors(vectors[:4], vectors[4:], 0.3, left_texts=left, right_texts=right)
+    np.testing.assert_array_equal(pairs.i, host_pairs.i)
+    np.testing.assert_array_equal(pairs.j, host_pairs.j)
+    np.testing.assert_allclose(pairs.score, host_pairs.score, atol=1e-5)
+    history, stream = bundled_events()
+    det = gpu.anomaly_detector().fit(history)
+    np.testing.assert_allclose(det.score(stream), det.score_vectors(det.embed(stream)), atol=1e-5)
+    examples, queries = _tickets()
+    clf = Classifier(gpu, examples, mode="neighbours", threshold="auto")
+    x = gpu.embed(queries)
+    assert clf.predict(queries) == clf.predict_vectors(x)
+    np.testing.assert_allclose(clf.predict_proba(queries), clf.predict_proba_vectors(x), atol=1e-4)
+    for job in ("dedup", "match", "anomaly", "classify"):
+        assert _device.device_runs[job] > before.get(job, 0), job
