@@ -39,6 +39,12 @@ unless `mask=None`.
 **Threads.** Scores run concurrently; `fit`, `process` batches, `update` and
 `confirm_normal` are exclusive (`RWLock`) and each replaces the state whole, so a failed
 write leaves it as it was.
+
+**GPU.** On a device-resident engine (embengine.tasks._device) `score`, `is_anomalous` and
+`score_groups` (mean / max) embed on the GPU and run the centroid and nearest-pattern
+kernels there, against device copies of the state's centroids and patterns (made once per
+state); only the per-line distances come to the host. `fit`, `update` and `process` keep
+the window on the host as before.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ from embengine._sync import RWLock
 from embengine.clustering import spherical_kmeans
 from embengine.errors import InvalidInputError, InvalidTypeError
 from embengine.io import load_state, malformed_is_corrupt, save_arrays
+from embengine.tasks import _device
 from embengine.tasks.logmask import LogMask
 from embengine.validation import check_texts
 
@@ -114,6 +121,9 @@ class _State:
     alert_counts: np.ndarray  # (a,) int64 flagged lines of each
     next_group: int = 0
     admissions: tuple[int, ...] = field(default=())
+    # device copies of the arrays above, made on first use (_device.placed); a new state
+    # (dataclasses.replace included) starts with none
+    device: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
 
 class AnomalyDetector:
@@ -214,10 +224,15 @@ class AnomalyDetector:
 
     def embed(self, texts: Iterable[str]) -> np.ndarray:
         """Mask (when configured) and embed: (n, dim) float32 unit rows."""
+        return self.engine.embed(self._masked(texts))
+
+    def _masked(self, texts: Iterable[str]) -> list[str]:
         items = check_texts(texts)
-        if self.mask is not None:
-            items = [self.mask(t) for t in items]
-        return self.engine.embed(items)
+        return items if self.mask is None else [self.mask(t) for t in items]
+
+    def _embed_for_scores(self, texts: Iterable[str]) -> np.ndarray:
+        """`embed`, left on the GPU when the engine is resident there (scores only read)."""
+        return _device.embed(self.engine, self._masked(texts))
 
     def fit(
         self, normal_texts: Sequence[str], *, groups: Sequence[Hashable] | None = None
@@ -229,11 +244,11 @@ class AnomalyDetector:
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
         """(n,) float32 anomaly scores; higher is more anomalous. Changes nothing."""
-        return self.score_vectors(self.embed(texts))
+        return self.score_vectors(self._embed_for_scores(texts))
 
     def is_anomalous(self, texts: Sequence[str]) -> np.ndarray:
         """(n,) bool: score above the current threshold."""
-        return self.is_anomalous_vectors(self.embed(texts))
+        return self.is_anomalous_vectors(self._embed_for_scores(texts))
 
     def update(self, normal_texts: Sequence[str]) -> None:
         """Add lines known to be normal (the oldest leave); open alert groups holding one of
@@ -249,7 +264,8 @@ class AnomalyDetector:
     ) -> GroupScores:
         """Score sessions / blocks / jobs / runs, one score per group id (see
         `score_groups_vectors`)."""
-        return self.score_groups_vectors(self.embed(texts), group_ids, how=how)
+        x = self.embed(texts) if how == "profile" else self._embed_for_scores(texts)
+        return self.score_groups_vectors(x, group_ids, how=how)
 
     def process(self, stream: Iterable[str], *, batch_size: int = 32) -> Iterator[Detection]:
         """Judge a stream in order, line by line (embedded `batch_size` at a time).
@@ -326,14 +342,14 @@ class AnomalyDetector:
 
     def score_vectors(self, vectors: np.ndarray) -> np.ndarray:
         """`score` on embedded lines: (n, dim) -> (n,) float32."""
-        x = self._check_vectors(vectors, "vectors")
+        x = self._check_vectors(vectors, "vectors", scored=True)
         with self._lock.read():
             st = self._fitted_state()
             return self._scores(x, st)
 
     def is_anomalous_vectors(self, vectors: np.ndarray) -> np.ndarray:
         """`is_anomalous` on embedded lines."""
-        x = self._check_vectors(vectors, "vectors")
+        x = self._check_vectors(vectors, "vectors", scored=True)
         with self._lock.read():
             st = self._fitted_state()
             return self._scores(x, st) > st.threshold
@@ -369,14 +385,14 @@ class AnomalyDetector:
         * "mean": mean line score (share and distance of new lines);
         * "max": highest line score.
         """
-        x = self._check_vectors(vectors, "vectors")
+        x = self._check_vectors(vectors, "vectors", scored=True)
         keys = _check_group_ids(group_ids, len(x))
         if how not in ("profile", "mean", "max"):
             raise InvalidInputError(f"how must be 'profile', 'mean' or 'max', got {how!r}")
         with self._lock.read():
             st = self._fitted_state()
             if how == "profile":
-                order, means = _group_means(x, keys)
+                order, means = _group_means(_device.host(x), keys)
                 reference = st.profiles
                 if len(reference) == 0:
                     reference = st.patterns[st.lines].mean(axis=0, keepdims=True)
@@ -508,9 +524,13 @@ class AnomalyDetector:
         """
         if len(x) == 0:
             return np.zeros(0, np.float32)
-        distance, _ = ops.centroid_distance(x, st.centroids)
+        if _device.on_device(x):  # the kernels run on the device, distances come back
+            _device.record("anomaly")
+        centroids = _device.placed(st.device, "centroids", st.centroids, x)
+        distance = _device.host(ops.centroid_distance(x, centroids)[0])
         if self.novelty_weight is not None:
-            nearest, ids = ops.topk_cosine(x, st.patterns, 1)
+            patterns = _device.placed(st.device, "patterns", st.patterns, x)
+            nearest, ids = map(_device.host, ops.topk_cosine(x, patterns, 1))
             novelty = 1.0 - nearest[:, 0]
             counts = np.bincount(st.lines, minlength=len(st.patterns))[ids[:, 0]]
             known = np.minimum(distance / (1.0 + counts), st.threshold)
@@ -553,7 +573,13 @@ class AnomalyDetector:
             scores = np.minimum(scores, self.novelty_weight * (1.0 - other))
         return max(float(np.quantile(scores, self.quantile)), self.min_threshold)
 
-    def _check_vectors(self, vectors: np.ndarray, name: str) -> np.ndarray:
+    def _check_vectors(self, vectors: np.ndarray, name: str, *, scored: bool = False) -> np.ndarray:
+        """Checked float32 rows; a device array stays there when only `scored` (read),
+        else its copy on the host (the window lives there)."""
+        if _device.on_device(vectors):
+            if scored:
+                return _device.check(vectors, name, self.engine.dim)
+            vectors = _device.host(vectors)
         try:
             x = ops.check_vectors(vectors, name, self.engine.dim)
         except InvalidInputError:

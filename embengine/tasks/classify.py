@@ -43,6 +43,12 @@ six head fits, once per snapshot, on the first `oos_score` or thresholded `predi
 Thread safety: the examples live in one immutable snapshot; a write (add_examples,
 remove_label) builds a new snapshot and swaps one reference, so a concurrent predict sees
 the state before or after the write, never a mix.
+
+GPU: on a device-resident engine (embengine.tasks._device) predictions embed on the GPU,
+centre there and run the neighbour searches (kNN, centroids, the out-of-scope neighbour
+score) as CUDA kernels against device copies of the snapshot's examples, made once per
+snapshot; only their top-k results come back. The LDA and logistic heads read a host copy
+of the centred queries (their float64 products stay on the host).
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ import numpy as np
 from embengine import ops
 from embengine.errors import InvalidInputError, InvalidTypeError, NotFoundError
 from embengine.io import load_state, malformed_is_corrupt, save_arrays
+from embengine.tasks import _device
 from embengine.validation import check_texts
 
 if TYPE_CHECKING:
@@ -78,6 +85,7 @@ class _Snapshot:
         self.label_ids = label_ids  # index into labels, per example
         self._derived: dict[str, Any] = {}
         self._lock = threading.RLock()  # builds each derived value once (builds nest)
+        self.device: dict[tuple[str, str], Any] = {}  # device copies (_device.placed)
 
     def derived(self, name: str, build: Callable[[], Any]) -> Any:
         value = self._derived.get(name)
@@ -264,24 +272,25 @@ class Classifier:
 
     def predict(self, texts: Iterable[str]) -> list[Label]:
         """The label of each text (`unknown` where the open-set threshold refuses it)."""
-        return self.predict_vectors(self._embed(check_texts(texts)))
+        return self.predict_vectors(self._embed_queries(texts))
 
     def predict_proba(self, texts: Iterable[str]) -> np.ndarray:
         """(n, labels) float32, rows summing to 1, columns in `self.labels` order."""
-        return self.predict_proba_vectors(self._embed(check_texts(texts)))
+        return self.predict_proba_vectors(self._embed_queries(texts))
 
     def oos_score(self, texts: Iterable[str]) -> np.ndarray:
         """(n,) float32 in [0, 1]: higher = more likely none of the labels (module docstring)."""
-        return self.oos_score_vectors(self._embed(check_texts(texts)))
+        return self.oos_score_vectors(self._embed_queries(texts))
 
     def predict_vectors(self, vectors: np.ndarray) -> list[Label]:
         """`predict` on embedded texts: (n, dim) unit rows."""
         snap = self._ready()
-        x = _as_rows(vectors, "vectors", self._dim)
+        x = self._queries(vectors)
         if len(x) == 0:
             return []
         if self.mode == "centroid":
-            _, best = ops.centroid_distance(self._centred(snap, x), self._centroids(snap))
+            centroids = self._placed(snap, "centroids", self._centroids(snap), x)
+            best = _device.host(ops.centroid_distance(self._centred(snap, x), centroids)[1])
         else:
             best = self._proba(snap, x).argmax(axis=1)
         labels: list[Label] = [snap.labels[i] for i in best]
@@ -294,7 +303,7 @@ class Classifier:
     def predict_proba_vectors(self, vectors: np.ndarray) -> np.ndarray:
         """`predict_proba` on embedded texts: (n, dim) unit rows -> (n, labels) float32."""
         snap = self._ready()
-        x = _as_rows(vectors, "vectors", self._dim)
+        x = self._queries(vectors)
         if len(x) == 0:
             return np.zeros((0, len(snap.labels)), np.float32)
         return self._proba(snap, x)
@@ -302,8 +311,7 @@ class Classifier:
     def oos_score_vectors(self, vectors: np.ndarray) -> np.ndarray:
         """`oos_score` on embedded texts: (n, dim) unit rows -> (n,) float32."""
         snap = self._ready()
-        x = _as_rows(vectors, "vectors", self._dim)
-        return self._oos(snap, x)
+        return self._oos(snap, self._queries(vectors))
 
     @property
     def threshold(self) -> float | None:
@@ -333,9 +341,9 @@ class Classifier:
 
     def _knn_votes(self, snap: _Snapshot, q: np.ndarray) -> np.ndarray:
         """Distance-weighted vote shares of the k nearest examples: (n, labels)."""
-        examples = self._examples(snap)
+        examples = self._placed(snap, "examples", self._examples(snap), q)
         k = min(self.k, len(examples))
-        scores, ids = ops.topk_cosine(q, examples, k)
+        scores, ids = map(_device.host, ops.topk_cosine(q, examples, k))
         weights = np.exp((scores - scores[:, :1]) / self.knn_temperature)
         votes = np.zeros((len(q), len(snap.labels)), np.float64)
         rows = np.repeat(np.arange(len(q)), k)
@@ -344,20 +352,20 @@ class Classifier:
 
     def _centroid_softmax(self, snap: _Snapshot, q: np.ndarray) -> np.ndarray:
         """Softmax over the cosines to every label's centroid: (n, labels)."""
-        centroids = self._centroids(snap)
-        scores, ids = ops.topk_cosine(q, centroids, len(centroids))  # all of them, sorted
+        centroids = self._placed(snap, "centroids", self._centroids(snap), q)
+        scores, ids = map(_device.host, ops.topk_cosine(q, centroids, len(centroids)))  # all
         logits = np.zeros((len(q), len(centroids)), np.float64)
         np.put_along_axis(logits, ids, scores / self.centroid_temperature, axis=1)
         return _softmax(logits)
 
     def _lda_logits(self, snap: _Snapshot, q: np.ndarray) -> np.ndarray:
         weights, bias = snap.derived("lda", lambda: _lda_head(self._examples(snap), snap))
-        return q.astype(np.float64) @ weights + bias
+        return _device.host(q).astype(np.float64) @ weights + bias
 
     def _head_logits(self, snap: _Snapshot, q: np.ndarray, c: float) -> np.ndarray:
         """Logits of the logistic head with inverse L2 strength c, on centred rows q."""
         weights, bias = snap.derived(f"head:{c!r}", lambda: self._fit_head(snap, c))
-        return q.astype(np.float64) @ weights + bias
+        return _device.host(q).astype(np.float64) @ weights + bias
 
     def _fit_head(self, snap: _Snapshot, c: float) -> tuple[np.ndarray, np.ndarray]:
         return fit_softmax_head(self._examples(snap), snap.label_ids, len(snap.labels), c)
@@ -377,9 +385,10 @@ class Classifier:
     def _neighbour_score(self, snap: _Snapshot, x: np.ndarray) -> np.ndarray:
         """1 - max over labels of the mean cosine of the oos_k nearest examples of it."""
         best = np.full(len(x), -np.inf)
+        vectors = self._placed(snap, "vectors", snap.vectors, x)
         for index in range(len(snap.labels)):
-            rows = snap.vectors[snap.label_ids == index]
-            scores, _ = ops.topk_cosine(x, rows, min(self.oos_k, len(rows)))
+            rows = _device.rows(vectors, np.flatnonzero(snap.label_ids == index))
+            scores = _device.host(ops.topk_cosine(x, rows, min(self.oos_k, len(rows)))[0])
             np.maximum(best, scores.mean(axis=1), out=best)
         return 1.0 - best
 
@@ -471,7 +480,23 @@ class Classifier:
         return snap.derived("centroids", build)
 
     def _centred(self, snap: _Snapshot, x: np.ndarray) -> np.ndarray:
-        return _centered(x, self._mean(snap))
+        mean = self._mean(snap)
+        if mean is None or not _device.on_device(x):
+            return _centered(x, mean)
+        return ops.normalize_rows_(x - self._placed(snap, "mean", mean, x))  # on the device
+
+    @staticmethod
+    def _placed(snap: _Snapshot, name: str, a: np.ndarray, x: Any) -> Any:
+        """Derived array `a` where x lives (a device copy made once per snapshot)."""
+        return _device.placed(snap.device, name, a, x)
+
+    def _queries(self, vectors: Any) -> Any:
+        """Checked query rows: a device array stays there (and the call counts as a device
+        run), anything else becomes host float32 rows."""
+        if not _device.on_device(vectors):
+            return _as_rows(vectors, "vectors", self._dim)
+        _device.record("classify")
+        return _device.check(vectors, "vectors", self._dim)
 
     def _ready(self) -> _Snapshot:
         snap = self._snap
@@ -483,6 +508,13 @@ class Classifier:
         if self.engine is None:
             raise InvalidInputError("this classifier has no engine: use the *_vectors methods")
         return self.engine.embed(texts)
+
+    def _embed_queries(self, texts: Iterable[str]) -> Any:
+        """`_embed` for predictions: left on the GPU when the engine is resident there."""
+        items = check_texts(texts)
+        if self.engine is None:
+            return self._embed(items)
+        return _device.embed(self.engine, items)
 
     # -- persistence ---------------------------------------------------------------------
 

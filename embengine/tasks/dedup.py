@@ -12,6 +12,11 @@ occurrence before any pairing, and candidate pairs are consumed one block x bloc
 a time, each tile reduced to the strongest edges that connect its rows (a spanning
 forest: union-find needs no more). 50,000 copies of one row cost 50,000 labels, not 1.25
 billion pairs; a near-exact clique costs one tile of pairs at a time.
+
+On a device-resident engine (see embengine.tasks._device) the vectors stay on the GPU:
+the copies are found there (only row labels come back), the pair and top-k kernels run
+there, and only their pairs / candidates come to the host, where confirmation, clustering
+and assignment run as on the CPU, with the same results.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from embengine._optional import require
 from embengine.clustering import nearest_centroid, spherical_kmeans
 from embengine.errors import InvalidInputError
 from embengine.records import Record, record_texts
+from embengine.tasks import _device
 
 if TYPE_CHECKING:
     from embengine.engine import Engine
@@ -186,18 +192,18 @@ def _exact_tiles(
     block: int | None = None,
 ) -> Iterator[Pairs]:
     """The pairs i < j above `threshold` among `rows` (default: all), one tile at a time,
-    as indices into `vectors`."""
+    as indices into `vectors` (a device array stays there: only the pairs come back)."""
     block = block or _BLOCK
     rows = np.arange(len(vectors)) if rows is None else rows
     n = len(rows)
     for a in range(0, n, block):
         ra = rows[a : a + block]
-        xa = vectors[ra]
-        i, j, s = ops.pairs_above(xa, threshold)
+        xa = _device.rows(vectors, ra)
+        i, j, s = map(_device.host, ops.pairs_above(xa, threshold))
         yield _ordered(ra[i], ra[j], s)
         for b in range(a + block, n, block):
             rb = rows[b : b + block]
-            i, j, s = ops.pairs_above(xa, threshold, y=vectors[rb])
+            i, j, s = map(_device.host, ops.pairs_above(xa, threshold, y=_device.rows(vectors, rb)))
             yield _ordered(ra[i], rb[j], s)
 
 
@@ -355,8 +361,11 @@ def spanning_forest(pairs: Pairs) -> Pairs:
 def _exact_copies(x: np.ndarray, texts: list[str] | None) -> tuple[np.ndarray, np.ndarray]:
     """(first, inverse): the first occurrence of each distinct row (of each distinct
     (row, text) when `texts`), ascending, and each row's position in `first`."""
-    keys = np.ascontiguousarray(x).view(np.dtype((np.void, x.dtype.itemsize * x.shape[1])))
-    keys = keys.reshape(len(x))
+    if _device.on_device(x):
+        keys = _device.row_keys(x)
+    else:
+        keys = np.ascontiguousarray(x).view(np.dtype((np.void, x.dtype.itemsize * x.shape[1])))
+        keys = keys.reshape(len(x))
     if texts is not None:  # copies must also read the same for the confirmation to pass
         text_ids = np.unique(np.array(texts, dtype=object), return_inverse=True)[1]
         combined = np.empty(len(x), dtype=[("v", keys.dtype), ("t", np.int64)])
@@ -387,8 +396,13 @@ def dedup_vectors(
     without asking it. `Clusters.pairs` holds the strongest accepted pairs that connect
     each cluster (a spanning forest, fewer pairs than rows), not every pair inside it:
     memory stays linear in n however large a cluster is.
+
+    A torch tensor or CuPy array stays where it is (on its GPU): the copies and the exact
+    path's pairs are found there and only labels and pairs come to the host (the
+    partitioned path's k-means runs on the host, on one copy of the distinct rows).
     """
-    x = ops.check_vectors(vectors, "vectors")
+    device = _device.on_device(vectors)
+    x = _device.check(vectors, "vectors") if device else ops.check_vectors(vectors, "vectors")
     if isinstance(threshold, bool) or not -1.0 <= threshold <= 1.0:  # NaN fails too
         raise InvalidInputError(f"threshold is a cosine in [-1, 1], got {threshold}")
     check = _resolve_confirm(confirm)
@@ -397,9 +411,13 @@ def dedup_vectors(
     if method not in ("auto", "exact", "partitioned"):
         raise InvalidInputError(f"method must be 'auto', 'exact' or 'partitioned', got {method!r}")
     first, inverse = _exact_copies(x, texts if check is not None else None)
-    distinct = np.ascontiguousarray(x[first])
+    distinct = _device.rows(x, first) if device else np.ascontiguousarray(x[first])
     if method == "auto":
         method = "exact" if len(distinct) <= EXACT_LIMIT else "partitioned"
+    if device:
+        _device.record("dedup")
+        if method == "partitioned":
+            distinct = _device.host(distinct)
     if method == "exact":
         tiles = _exact_tiles(distinct, threshold)
     else:
@@ -418,13 +436,23 @@ def dedup_vectors(
     found = spanning_forest(_concat(forest))
     copies = np.flatnonzero(first[inverse] != np.arange(len(x)))
     original = first[inverse[copies]]
-    copy_scores = np.einsum("ij,ij->i", x[original], x[copies]).astype(np.float32)
+    copy_scores = _copy_scores(x, original, copies)
     pairs = _concat(
         [Pairs(first[found.i], first[found.j], found.score), Pairs(original, copies, copy_scores)]
     )
     order = np.lexsort((pairs.j, pairs.i))
     pairs = Pairs(pairs.i[order], pairs.j[order], pairs.score[order])
     return Clusters(connected_labels(len(x), pairs.i, pairs.j), pairs)
+
+
+def _copy_scores(x: np.ndarray, original: np.ndarray, copies: np.ndarray) -> np.ndarray:
+    """The cosine of each exact copy with its original. A copy's row is its original's bit
+    for bit, so on the device only the distinct originals come to the host."""
+    if not _device.on_device(x):
+        return np.einsum("ij,ij->i", x[original], x[copies]).astype(np.float32)
+    distinct, back = np.unique(original, return_inverse=True)
+    r = _device.host(_device.rows(x, distinct))
+    return np.einsum("ij,ij->i", r, r)[back.reshape(-1)].astype(np.float32)
 
 
 def dedup(
@@ -442,10 +470,11 @@ def dedup(
     """Group near-duplicate records: embed their texts, then dedup_vectors.
 
     `confirm` is None (embedding similarity alone), True (StringConfirm, the default
-    check) or any callable(text_a, text_b) -> bool.
+    check) or any callable(text_a, text_b) -> bool. On a device-resident engine the vectors
+    stay on the GPU (module docstring).
     """
     texts = record_texts(records, fields=fields, template=template)
-    vectors = engine.embed(texts)
+    vectors = _device.embed(engine, texts)
     return dedup_vectors(
         vectors,
         threshold,
@@ -770,9 +799,12 @@ def match_candidates(
     both ways: O((n_left + n_right) x candidates) pairs, never the full product). With
     texts, their score is `hybrid_scores` (cosine, character n-gram TF-IDF cosine and the
     numbers term); without, the cosine. Pairs failing `confirm(left, right)` are dropped.
+    Device arrays (torch / CuPy) stay there: the top-k runs on them, candidates come back.
     """
-    a = ops.check_vectors(left, "left")
-    b = ops.check_vectors(right, "right", a.shape[1])
+    device = _device.on_device(left) or _device.on_device(right)
+    check_vectors = _device.check if device else ops.check_vectors
+    a = check_vectors(left, "left")
+    b = check_vectors(right, "right", a.shape[1])
     check = _resolve_confirm(confirm)
     has_texts = left_texts is not None and right_texts is not None
     if has_texts and (len(left_texts) != len(a) or len(right_texts) != len(b)):
@@ -787,6 +819,8 @@ def match_candidates(
     _check_weights(number_weight, lexical_weight)
     if len(a) == 0 or len(b) == 0:
         return _empty_pairs()
+    if device:
+        _device.record("match")
     pairs = _candidate_pairs(a, b, min(candidates, len(b)), min(candidates, len(a)))
     if has_texts:
         scores = hybrid_scores(pairs, left_texts, right_texts, number_weight, lexical_weight)
@@ -804,8 +838,8 @@ def select_matches(pairs: Pairs, threshold: float, *, assignment: str = "greedy"
 
 def _candidate_pairs(a: np.ndarray, b: np.ndarray, k_right: int, k_left: int) -> Pairs:
     """Each left row's k nearest right rows and each right row's k nearest left rows."""
-    s_ab, ids_ab = ops.topk_cosine(a, b, k_right)
-    s_ba, ids_ba = ops.topk_cosine(b, a, k_left)
+    s_ab, ids_ab = map(_device.host, ops.topk_cosine(a, b, k_right))
+    s_ba, ids_ba = map(_device.host, ops.topk_cosine(b, a, k_left))
     i = np.concatenate([np.repeat(np.arange(len(a)), k_right), ids_ba.ravel()])
     j = np.concatenate([ids_ab.ravel(), np.repeat(np.arange(len(b)), k_left)])
     s = np.concatenate([s_ab.ravel(), s_ba.ravel()]).astype(np.float32)
@@ -868,8 +902,8 @@ def match(
     left_texts = record_texts(left, **left_rule)
     right_texts = record_texts(right, **right_rule)
     return match_vectors(
-        engine.embed(left_texts),
-        engine.embed(right_texts),
+        _device.embed(engine, left_texts),
+        _device.embed(engine, right_texts),
         threshold,
         left_texts=left_texts,
         right_texts=right_texts,

@@ -1,0 +1,151 @@
+"""Jobs on the engine's GPU: embed there, run the kernels there, bring back only results.
+
+On a device-resident engine (a CUDA encoder and no store attached: `Engine.embed(...,
+output="torch")` then leaves the vectors on the GPU) a job embeds with `embed` and hands the
+tensor to embengine.ops, which runs the CUDA kernels on it; only the small results (pairs,
+ids, scores) come to the host, where the job's logic runs as on the CPU. Anywhere else
+`embed` is plain `Engine.embed` (numpy) and the job's host code runs as before.
+`device_runs` counts, per job, the calls that took the device path (what tests and logs
+check).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from embengine import ops
+from embengine.errors import InvalidInputError
+from embengine.ops._arrays import is_cuda_array, is_torch
+
+if TYPE_CHECKING:
+    from embengine.engine import Engine
+
+device_runs: Counter[str] = Counter()  # job name -> calls that ran on the engine's device
+_runs_lock = threading.Lock()
+
+
+def resident(engine: Engine) -> bool:
+    """Does `engine.embed(output="torch")` leave vectors on the GPU? (a store sends them
+    through the host, where it lives; an engine stand-in without these is a host one)"""
+    device_resident = getattr(engine, "_device_resident", None)
+    return getattr(engine, "store", None) is None and bool(device_resident and device_resident())
+
+
+def embed(engine: Engine, texts: list[str]) -> Any:
+    """(n, dim) unit rows: a torch tensor on the engine's device when it is resident,
+    numpy otherwise (exactly `engine.embed(texts)`). A call small enough to join the
+    request coalescer of an engine made with coalesce=True still does (numpy: the coalescer
+    batches with other callers' texts, which a device result cannot)."""
+    coalesced = getattr(engine, "coalesce", False) and len(texts) < engine.max_batch_size
+    if resident(engine) and not coalesced:
+        return engine.embed(texts, output="torch")
+    return engine.embed(texts)
+
+
+def on_device(x: Any) -> bool:
+    """Is x a device array (CUDA torch / CuPy), or a tensor a resident engine returned?
+
+    Tests stand in a CPU torch tensor for the CUDA one (tests/gpu_fakes.FakeCudaEncoder);
+    the ops run their CPU kernels on it and every step below is the same.
+    """
+    return is_torch(x) or is_cuda_array(x)
+
+
+def record(job: str) -> None:
+    """Count one call of `job` that ran on the device."""
+    with _runs_lock:
+        device_runs[job] += 1
+
+
+def host(a: Any) -> np.ndarray:
+    """A (small) result on the host as numpy: numpy as is, torch / CuPy copied over."""
+    if isinstance(a, np.ndarray):
+        return np.asarray(a)  # a numpy-backed stand-in for a device array (tests) too
+    if is_torch(a):
+        return a.detach().cpu().numpy()
+    return a.get()
+
+
+def rows(x: Any, index: np.ndarray) -> Any:
+    """x[index] for a host index array, on x's device."""
+    if is_torch(x):
+        import torch
+
+        return x[torch.as_tensor(index, device=x.device)]
+    return x[index]
+
+
+def like(a: np.ndarray, x: Any) -> Any:
+    """Host array `a` copied to where x lives (torch / CuPy), as float32 rows."""
+    if is_torch(x):
+        import torch
+
+        return torch.as_tensor(np.ascontiguousarray(a, np.float32), device=x.device)
+    if isinstance(x, np.ndarray):  # a numpy-backed stand-in for a device array (tests)
+        return np.ascontiguousarray(a, np.float32).view(type(x))
+    cupy = _cupy()
+    with x.device:
+        return cupy.asarray(a, dtype=cupy.float32)
+
+
+def placed(cache: dict[tuple[str, str], Any], name: str, a: np.ndarray, x: Any) -> Any:
+    """Host array `a` (called `name`) where x lives: `a` itself for a host x, else a device
+    copy kept in `cache` (one per device). The cache belongs to one never-mutated state, so
+    the copy stays true; two readers may both build it, but each sees a whole one."""
+    if not on_device(x):
+        return a
+    key = (name, _where(x))
+    copy = cache.get(key)
+    if copy is None:
+        copy = cache.setdefault(key, like(a, x))
+    return copy
+
+
+def _where(x: Any) -> str:
+    if is_torch(x):
+        return str(x.device)
+    return f"cuda:{x.device.id}"
+
+
+def check(x: Any, name: str, dim: int | None = None) -> Any:
+    """A device (n, dim) float array with finite values, or InvalidInputError naming the
+    array and its first bad row (what ops.check_vectors says of a host one)."""
+    if not is_cuda_array(x):  # a host array (a CPU tensor: a stand-in, kept a tensor)
+        checked = ops.check_vectors(x, name, dim)
+        return x if is_torch(x) else checked
+    a = ops.check_cuda_vectors(x, name, dim).original
+    if is_torch(a):
+        import torch
+
+        bad = torch.nonzero(~torch.isfinite(a).all(dim=1))
+        row = int(bad[0, 0]) if len(bad) else None
+    else:
+        xp = np if isinstance(a, np.ndarray) else _cupy()
+        bad = host(~xp.isfinite(a).all(axis=1))
+        row = int(np.argmax(bad)) if bad.any() else None
+    if row is not None:
+        raise InvalidInputError(
+            f"{name} has NaN or inf values (first in row {row}, shape {tuple(a.shape)})"
+        )
+    return a
+
+
+def row_keys(x: Any) -> np.ndarray:
+    """(n,) int64 host labels, equal exactly where two rows of device array x are equal
+    bit for bit (the device's torch.unique over the rows' bits; only labels come back)."""
+    import torch
+
+    t = x if is_torch(x) else torch.from_dlpack(x)
+    bits = t.contiguous().view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+    _, inverse = torch.unique(bits, dim=0, return_inverse=True)
+    return host(inverse).astype(np.int64, copy=False)
+
+
+def _cupy() -> Any:
+    import cupy
+
+    return cupy
