@@ -316,3 +316,25 @@ def test_the_mirror_on_a_real_gpu_matches_the_host(rng: np.random.Generator) -> 
     same_results(gpu, cpu, torch.from_numpy(queries).cuda(), 10)
     same_results(gpu, cpu, queries[:3], 2000)
     assert gpu.describe()["device_searches"] == 3
+
+
+@pytest.mark.gpu
+def test_a_gpu_engine_searches_its_index_on_the_device() -> None:
+    from embengine import Engine
+
+    gpu_engine = Engine(device="cuda")
+    if not gpu_engine.describe()["device_resident_outputs"]:
+        pytest.skip("this engine's backend returns vectors on the host")
+    if _faiss.faiss_gpu_count():
+        pytest.skip("FAISS has a GPU here: the index uses it")
+    index = gpu_engine.index(TEXTS)
+    host = VectorIndex(gpu_engine.dim, device="cpu", engine=gpu_engine)
+    host.add(index.get(list(range(len(TEXTS)))))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_mirror.DeviceMirror, "upload", None)  # host queries would fail
+        got_scores, got_ids = gpu_engine.search(QUERIES, index, 3)
+    assert index.describe()["dense_search"].startswith("kernel on cuda")
+    assert index.describe()["device_searches"] == 1
+    want_scores, want_ids = gpu_engine.search(QUERIES, host, 3)
+    np.testing.assert_array_equal(got_ids, want_ids)
+    np.testing.assert_allclose(got_scores, want_scores, rtol=0, atol=1e-5)

@@ -31,9 +31,17 @@ def usable() -> bool:
 
 def default_device() -> Any:
     """The torch device a mirror goes to when no engine says which: the current GPU."""
+    return torch_device("cuda")
+
+
+def torch_device(device: Any) -> Any:
+    """`device` as a torch device with its index: tensors on "cuda" report "cuda:<n>"."""
     import torch
 
-    return torch.device("cuda", torch.cuda.current_device())
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def to_host(a: Any) -> np.ndarray:
@@ -54,9 +62,7 @@ class DeviceMirror:
     """The first n host rows as a float32 torch tensor on `device`, and the searches on it."""
 
     def __init__(self, device: Any) -> None:
-        import torch
-
-        self.device = torch.device(device)
+        self.device = torch_device(device)
         self._rows: _Rows | None = None
         self._mutex = threading.Lock()  # one reader brings the rows up to date at a time
         self._count_lock = threading.Lock()

@@ -266,10 +266,12 @@ class VectorIndex:
         """Search where a GPU engine leaves its vectors: a mirror already made moves to the
         engine's device; device="auto" on the host gets one there (the engine proved the
         GPU usable). The mirror is set before `device`, each one reference swap: a search
-        running meanwhile keeps the mirror (or none) it started with."""
+        running meanwhile keeps the mirror (or none) it started with (two threads racing
+        here make one spare mirror, dropped)."""
         place = _engine_device(engine)
         if place is None:
             return
+        place = _mirror.torch_device(place)
         if self._mirror is not None:
             if self._mirror.device != place:
                 self._mirror = _mirror.DeviceMirror(place)
