@@ -121,7 +121,7 @@ class DeviceMirror:
             buffer = torch.empty((capacity, host.shape[1]), dtype=torch.float32, device=self.device)
             if start:
                 buffer[:start] = old.buffer[:start]  # type: ignore[union-attr]
-        buffer[start:n] = torch.from_numpy(host[start:n]).to(self.device)
+        buffer[start:n].copy_(torch.from_numpy(host[start:n]))  # straight into place
         if self.device.type == "cuda":  # other threads' streams may read it next
             torch.cuda.synchronize(self.device)
         return _Rows(buffer, n, layout)
