@@ -530,7 +530,9 @@ class Engine:
         The index must hold this model's vectors (ModelMismatchError otherwise); the keyword
         arguments are VectorIndex.search's. Queries are read from an attached store but
         never added to it (embed them first to keep them). Queries get the query prompt
-        (see embed_queries; prompt= or prompt_name= to choose another).
+        (see embed_queries; prompt= or prompt_name= to choose another). On a GPU engine the
+        query vectors reach the index as device tensors (no host copy; a flat index searched
+        by the kernel scans its device copy of the rows, see VectorIndex).
         """
         index.attach_engine(self)
         items = check_texts(queries)
@@ -546,7 +548,9 @@ class Engine:
             return index.search(items, k, **options)
         if mode != "dense":  # hybrid: the index embeds the dense side with the prompt
             return index.search(items, k, prompt=role, **options)
-        return index.search(self.embed(items, cache=False, prompt=role), k, **options)
+        output = "torch" if self._device_resident() else "numpy"
+        queries = self.embed(items, cache=False, prompt=role, output=output)
+        return index.search(queries, k, **options)
 
     def _encode(
         self,

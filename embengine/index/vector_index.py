@@ -37,6 +37,15 @@ CLIP_WARN_FRACTION of its values logs a warning instead (refit by building a new
 Removed rows are skipped by over-fetching, as above. Results still do not depend on the
 batch: a query's int8 weights and its rescoring depend on that query alone.
 
+On a GPU (device="cuda", or "auto" with a GPU that FAISS cannot use, or an attached engine
+that keeps its vectors on one), a float32 flat index searched by the kernel keeps a device
+copy of its rows (index/_mirror.py): the kernel nominates candidates there, from queries
+already on the device (CUDA torch tensors are used as they are, numpy is uploaded once), and
+only the (queries x candidates) scores and slots, with the queries, come to the host for the
+re-scoring above; results are the host path's. The host rows stay the source of truth: the
+copy follows them lazily (new rows uploaded by the next search, all of them after a
+compaction); removals are the host's live flags. allow= searches run on the host.
+
 Threads: one readers-writer lock (embengine._sync.RWLock). Searches, `get`, `save` hold
 it shared; add / upsert / remove hold it exclusively (FAISS HNSW and IVF mutate in place,
 so a search must never overlap a write). Texts are embedded before the lock is taken.
@@ -66,7 +75,7 @@ from embengine.errors import (
     ModelMismatchError,
     NotFoundError,
 )
-from embengine.index import _faiss, lexical
+from embengine.index import _faiss, _mirror, lexical
 from embengine.index.fusion import FUSIONS, fuse
 from embengine.io import (
     load_arrays,
@@ -75,6 +84,7 @@ from embengine.io import (
     save_arrays,
     unpack_strings,
 )
+from embengine.ops.similarity import rounding_margin
 from embengine.quantize import (
     DEFAULT_BINARY_OVERSAMPLE,
     DEFAULT_INT8_OVERSAMPLE,
@@ -111,6 +121,15 @@ Id = int | str
 
 
 @dataclass(frozen=True)
+class _OnDevice:
+    """A search's dense scan on the device mirror: the queries there (None: uploaded when
+    the scan needs them)."""
+
+    mirror: _mirror.DeviceMirror
+    queries: Any | None
+
+
+@dataclass(frozen=True)
 class _Bm25:
     """The BM25 side as built at one generation of the index: document i is slot slots[i]."""
 
@@ -123,8 +142,11 @@ class VectorIndex:
     """Unit vectors under external ids (all int in [0, 2**63), or all str), by inner product.
 
     kind: "flat" (exact, the default), "ivf" or "hnsw" (approximate, for large collections).
-    device: "auto" (GPU when FAISS has one, else CPU), "cpu" or "cuda" (raises when FAISS has
-    no GPU). hnsw is CPU-only (FAISS has no GPU HNSW).
+    device: "auto" (GPU when FAISS has one; else, for flat with exact="kernel", when
+    embengine's CUDA kernels and CUDA torch can run, or when the attached engine keeps its
+    vectors on a GPU; else CPU), "cpu" or "cuda" (raises when neither is usable). On a GPU
+    without FAISS's, the kernel scans a device copy of the rows (see the module docstring;
+    `describe()` says where searches ran). hnsw is CPU-only (FAISS has no GPU HNSW).
     exact: how kind="flat" searches on the CPU: "kernel" (the default:
     embengine.ops.topk_cosine, no FAISS copy of the vectors) or "faiss" (IndexFlatIP).
     lexical: also keep a BM25 index of the texts, for mode="lexical" / "hybrid" searches.
@@ -189,7 +211,12 @@ class VectorIndex:
         if quantizer is not None and not self._uses_codes():
             raise InvalidInputError("quantizer= is for compact='int8' or rescore='int8'")
         self._quantizer = quantizer
-        self.device = "cpu" if self.compact else _resolve_device(device, kind)
+        self.device, on_device = "cpu", False
+        if not self.compact:
+            self.device, on_device = _resolve_device(device, kind, exact)
+        # the exact kernel's rows on a torch device (set here, or by attach_engine on "auto")
+        self._mirror = _mirror.DeviceMirror(_mirror.default_device()) if on_device else None
+        self._device_auto = device == "auto" and not self.compact and self._kernel_flat()
         self.params = _faiss.AnnParams(
             nlist=nlist, nprobe=nprobe, m=m, ef_construction=ef_construction, ef_search=ef_search
         )
@@ -214,6 +241,7 @@ class VectorIndex:
         self._tokens: list[list[str] | None] | None = None  # BM25 tokens per slot (lexical)
         self._faiss: Any = None  # built at the first add (IVF trains on it)
         self._generation = 0  # bumped by adds and compactions: the BM25 side is then stale
+        self._renumbered = 0  # bumped by compactions: a device mirror is then rebuilt whole
         self._bm25: _Bm25 | None = None
         if engine is not None:
             self.attach_engine(engine)
@@ -232,6 +260,24 @@ class VectorIndex:
                 f"{engine.spec.name} ({engine.spec.fingerprint}): re-index with this engine"
             )
         self.engine = engine
+        self._follow_engine(engine)
+
+    def _follow_engine(self, engine: Engine) -> None:
+        """Search where a GPU engine leaves its vectors: a mirror already made moves to the
+        engine's device; device="auto" on the host gets one there (the engine proved the
+        GPU usable). The mirror is set before `device`, each one reference swap: a search
+        running meanwhile keeps the mirror (or none) it started with (two threads racing
+        here make one spare mirror, dropped)."""
+        place = _engine_device(engine)
+        if place is None:
+            return
+        place = _mirror.torch_device(place)
+        if self._mirror is not None:
+            if self._mirror.device != place:
+                self._mirror = _mirror.DeviceMirror(place)
+        elif self._device_auto and self.device == "cpu":
+            self._mirror = _mirror.DeviceMirror(place)
+            self.device = "cuda"
 
     # ---------------------------------------------------------------- compact vectors
 
@@ -326,6 +372,28 @@ class VectorIndex:
     def dead(self) -> int:
         """Removed rows still holding a slot (until the next compaction)."""
         return self._n - len(self._slot_of)
+
+    def describe(self) -> dict[str, object]:
+        """Where this index searches, for logs and reports: `dense_search` names the backend
+        ("kernel", "kernel on cuda:0", "faiss", "faiss on the GPU", "int8", "binary");
+        `device_searches` counts dense searches whose scan ran on the device mirror and
+        `device_rows` the rows it holds (0 until the first such search)."""
+        mirror = self._mirror
+        if self.compact:
+            backend = self.compact
+        elif not self._uses_faiss():
+            backend = "kernel" if mirror is None else f"kernel on {mirror.device}"
+        else:
+            backend = "faiss on the GPU" if self.device == "cuda" else "faiss"
+        return {
+            "kind": self.kind,
+            "exact": self.exact,
+            "compact": self.compact,
+            "device": self.device,
+            "dense_search": backend,
+            "device_searches": 0 if mirror is None else mirror.searches,
+            "device_rows": 0 if mirror is None else mirror.rows_held,
+        }
 
     def memory_bytes(self) -> int:
         """Bytes held: the vector tables (float32 / int8 / sign bits, with spare capacity),
@@ -534,6 +602,7 @@ class VectorIndex:
             self._faiss.reset()  # keeps IVF training
             self._faiss.add(self._vectors)
         self._generation += 1
+        self._renumbered += 1
         log.debug("compacted to %d rows in %.3f s", n, time.perf_counter() - started)
 
     # ---------------------------------------------------------------- search
@@ -582,7 +651,11 @@ class VectorIndex:
                 raise InvalidInputError(f"mode={mode!r} needs text queries (BM25 scores words)")
             if not self.lexical:
                 raise InvalidInputError(f"mode={mode!r} needs an index made with lexical=True")
-        q = None if mode == "lexical" else self._query_vectors(queries, query_texts, prompt)
+        mirror = self._mirror  # one for the whole search (attach_engine may swap it)
+        q, gpu = None, None
+        if mode != "lexical":
+            q, q_dev = self._query_vectors(queries, query_texts, prompt, mirror)
+            gpu = None if mirror is None else _OnDevice(mirror, q_dev)
         n_queries = len(query_texts) if query_texts is not None else len(q)  # type: ignore[arg-type]
         with self._lock.read():
             live = len(self._slot_of)
@@ -598,7 +671,7 @@ class VectorIndex:
             if mode == "lexical":
                 scores, slots = self._lexical_search(query_texts, width, allowed)  # type: ignore[arg-type]
             elif mode == "dense":
-                scores, slots = self._dense_search(q, width, allowed)  # type: ignore[arg-type]
+                scores, slots = self._dense_search(q, width, allowed, gpu)  # type: ignore[arg-type]
             else:
                 deep = min(max(depth, k), live if allowed is None else len(allowed))
                 scores, slots = self._hybrid_search(
@@ -609,14 +682,16 @@ class VectorIndex:
                     allowed,
                     fusion,
                     weight,  # type: ignore[arg-type]
+                    gpu,
                 )
             return _pad(scores, self._external(slots), k, self.id_kind)
 
     def _dense_search(
-        self, q: np.ndarray, k: int, allowed: np.ndarray | None
+        self, q: np.ndarray, k: int, allowed: np.ndarray | None, gpu: _OnDevice | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, slots), (n, <= k), by inner product; exact over `allowed` slots when given
-        (compact indexes: the compact search over the allowed rows)."""
+        (compact indexes: the compact search over the allowed rows); `gpu`: the kernel scans
+        the device mirror (unfiltered searches)."""
         if self._signs is not None or self._codes is not None:
             return self._compact_search(q, k, allowed)
         if allowed is not None:
@@ -625,8 +700,26 @@ class VectorIndex:
         n = self._n
         if self._faiss is None:
             live = self._live[:n] if self.dead else None
+            if gpu is not None:
+                return self._device_topk(gpu, q, k, live)
             return _exact_topk(q, self._vectors[:n], k, live, self.dead)
         return self._faiss_search(q, k)
+
+    def _device_topk(
+        self, gpu: _OnDevice, q: np.ndarray, k: int, live: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """_exact_topk with the kernel's scan on the device mirror: only the candidates (and
+        the queries) come to the host, re-scored there as on the host path."""
+        mirror, n = gpu.mirror, self._n
+        rows = mirror.rows(self._vectors, n, self._renumbered)  # type: ignore[arg-type]
+        q_dev = mirror.upload(q) if gpu.queries is None else gpu.queries
+        mirror.count_search()
+
+        def nominate(todo: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
+            return mirror.topk(q_dev, rows, todo, fetch)
+
+        base = self._vectors[:n]  # type: ignore[index]
+        return _exact_topk(q, base, k, live, self.dead, nominate=nominate, tf32=mirror.tf32)
 
     def _compact_search(
         self, q: np.ndarray, k: int, allowed: np.ndarray | None
@@ -746,9 +839,10 @@ class VectorIndex:
         allowed: np.ndarray | None,
         fusion: str,
         weight: float,
+        gpu: _OnDevice | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Fuse the top `depth` of the dense and the BM25 rankings over their union."""
-        _, dense_slots = self._dense_search(q, depth, allowed)
+        _, dense_slots = self._dense_search(q, depth, allowed, gpu)
         lexical_scores, lexical_slots = self._lexical_search(query_texts, depth, allowed)
         width = dense_slots.shape[1] + lexical_slots.shape[1]
         candidates = np.full((len(q), width), -1, dtype=np.int64)
@@ -1028,26 +1122,45 @@ class VectorIndex:
             return None
         return lexical.tokenize(texts, stem=self.stem)
 
-    def _embed(self, texts: list[str], cache: bool = True, prompt: str | None = None) -> np.ndarray:
+    def _embed(
+        self,
+        texts: list[str],
+        cache: bool = True,
+        prompt: str | None = None,
+        on_device: bool = False,
+    ) -> Any:
+        """The engine's vectors of `texts`: numpy, or (on_device) a torch tensor left where
+        the engine made it."""
         if self.engine is None:
             raise InvalidInputError(
                 "text input needs an engine: make the index with engine.index(...) or "
                 "VectorIndex.load(path, engine=engine), or pass vectors"
             )
-        if prompt is None:
-            vectors = self.engine.embed(texts, cache=cache)
-        else:
-            vectors = self.engine.embed(texts, cache=cache, prompt=prompt)
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        options: dict[str, Any] = {"cache": cache}
+        if prompt is not None:
+            options["prompt"] = prompt
+        if on_device:
+            return self.engine.embed(texts, output="torch", **options)
+        return np.ascontiguousarray(self.engine.embed(texts, **options), dtype=np.float32)
 
     def _query_vectors(
-        self, queries: Any, query_texts: list[str] | None, prompt: str | None = None
-    ) -> np.ndarray:
+        self,
+        queries: Any,
+        query_texts: list[str] | None,
+        prompt: str | None = None,
+        mirror: _mirror.DeviceMirror | None = None,
+    ) -> tuple[np.ndarray, Any | None]:
+        """Unit query rows on the host, and on the mirror's device when they are there
+        already (torch tensors on it; text queries embedded by an engine that leaves them
+        there), else None."""
         if query_texts is not None:
             if not query_texts:
-                return np.zeros((0, self.dim), dtype=np.float32)
-            return self._embed(query_texts, cache=False, prompt=prompt)  # not stored
-        return _unit_rows(queries, "queries", self.dim)
+                return np.zeros((0, self.dim), dtype=np.float32), None
+            # not stored in the engine's store (cache=False)
+            queries = self._embed(query_texts, False, prompt, on_device=mirror is not None)
+        if mirror is not None and mirror.holds(queries):
+            return mirror.queries(queries, self.dim)
+        return _unit_rows(queries, "queries", self.dim), None
 
     def _check_ids(self, ids: Sequence[Id], n: int) -> list[Id]:
         try:
@@ -1096,8 +1209,11 @@ class VectorIndex:
         out[slots < 0] = None if self.id_kind == "str" else -1
         return out
 
+    def _kernel_flat(self) -> bool:
+        return self.kind == "flat" and self.exact == "kernel"
+
     def _uses_faiss(self) -> bool:
-        return not (self.kind == "flat" and self.exact == "kernel" and self.device == "cpu")
+        return not (self._kernel_flat() and (self.device == "cpu" or self._mirror is not None))
 
     def _place_faiss(self) -> None:
         if self.device == "cuda" and not _faiss.is_gpu(self._faiss):
@@ -1107,15 +1223,15 @@ class VectorIndex:
 # -------------------------------------------------------------------- exact top-k
 
 
-def _margin(dim: int) -> float:
+def _margin(dim: int, tf32: bool = False) -> float:
     """Bound on |kernel fp32 score - re-scored score| for unit rows, padded.
 
     Any float32 dot (the kernel's SIMD scan, a BLAS tile, FAISS, the pairwise re-score) is
     within gamma_d = d u / (1 - d u) of the exact dot, whatever its summation order
-    (|fl(x.y) - x.y| <= gamma_d |x| |y|); twice gamma_d covers two of them.
+    (|fl(x.y) - x.y| <= gamma_d |x| |y|); twice gamma_d covers two of them. tf32: the
+    kernel's tiles may come from TF32 tensor cores (ops.similarity.rounding_margin).
     """
-    u = 2.0**-24
-    return 2.0 * dim * u / (1.0 - dim * u) * 1.01
+    return rounding_margin(dim, 1.0, 1.0, tf32=tf32) * 1.01
 
 
 def _extra(k: int, dead: int, n: int) -> int:
@@ -1127,14 +1243,26 @@ def _extra(k: int, dead: int, n: int) -> int:
     return extra
 
 
+_Nominate = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+
+
 def _exact_topk(
-    q: np.ndarray, base: np.ndarray, k: int, live: np.ndarray | None, dead: int
+    q: np.ndarray,
+    base: np.ndarray,
+    k: int,
+    live: np.ndarray | None,
+    dead: int,
+    *,
+    nominate: _Nominate | None = None,
+    tf32: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k rows of `base` (skipping rows where `live` is False): (n, min(k, live)).
 
     The kernel nominates candidates; `_rescore` scores them exactly and checks that no row
     left out could compete. Rows that fail (near-ties at the cut, many dead candidates)
     are fetched again four times deeper, up to the whole table, where the check holds.
+    nominate(queries, fetch): the kernel's (scores, rows) elsewhere (the device mirror, whose
+    tiles may be TF32: `tf32`); default ops.topk_cosine over `base`.
     """
     n = len(base)
     k = min(k, n - dead)
@@ -1142,8 +1270,11 @@ def _exact_topk(
         return _empty(len(q), 0)
 
     def step(todo: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        approx, cand = ops.topk_cosine(q[todo], base, fetch)
-        margin = _margin(base.shape[1]) if fetch < n else None
+        if nominate is None:
+            approx, cand = ops.topk_cosine(q[todo], base, fetch)
+        else:
+            approx, cand = nominate(todo, fetch)
+        margin = _margin(base.shape[1], tf32) if fetch < n else None
         return _rescore(q[todo], base, approx, cand, live, k, margin)
 
     return _deepen(len(q), k, min(n, k + _extra(k, dead, n)), n, step)
@@ -1217,24 +1348,42 @@ def _scores(
 # -------------------------------------------------------------------- helpers
 
 
-def _resolve_device(device: str, kind: str) -> str:
+def _resolve_device(device: str, kind: str, exact: str) -> tuple[str, bool]:
+    """("cpu" | "cuda", whether the exact kernel scans a device mirror): FAISS's GPU where
+    it has one, else embengine's kernels for kind="flat", exact="kernel"."""
     if device not in ("auto", "cpu", "cuda"):
         raise InvalidInputError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     if device == "cpu":
-        return "cpu"
+        return "cpu", False
     gpus = _faiss.faiss_gpu_count()
+    if gpus and kind in _faiss.GPU_KINDS:
+        return "cuda", False
+    kernel = kind == "flat" and exact == "kernel"
+    if kernel and _mirror.usable():
+        return "cuda", True
     if device == "cuda":
-        if gpus == 0:
-            raise InvalidInputError("device='cuda' needs faiss with GPU support and a visible GPU")
-        if kind not in _faiss.GPU_KINDS:
+        if gpus and kind not in _faiss.GPU_KINDS:
             raise InvalidInputError(
                 f"kind={kind!r} runs on the CPU only in FAISS: use device='cpu'"
             )
-        return "cuda"
-    if gpus and kind in _faiss.GPU_KINDS:
-        return "cuda"
+        also = ""
+        if kernel:
+            from embengine.device import cuda_unavailable_reason
+
+            also = f", or embengine's CUDA kernels with CUDA torch ({cuda_unavailable_reason()})"
+        raise InvalidInputError(
+            f"device='cuda' needs faiss with GPU support and a visible GPU{also}"
+        )
     log.debug("VectorIndex device='auto' chose the CPU (%d FAISS GPUs, kind %s)", gpus, kind)
-    return "cpu"
+    return "cpu", False
+
+
+def _engine_device(engine: Any) -> Any | None:
+    """The torch device where `engine` leaves its vectors (None: it returns them on the host)."""
+    resident = getattr(engine, "_device_resident", None)
+    if resident is None or not resident():
+        return None
+    return engine.encoder.torch_device
 
 
 def _check_compact(
@@ -1295,7 +1444,10 @@ def _check_positive_int(value: object, name: str) -> int:
 
 
 def _unit_rows(x: Any, name: str, dim: int) -> np.ndarray:
-    """A fresh C-contiguous float32 copy of x (any layout / float dtype), rows normalised."""
+    """A fresh C-contiguous float32 copy of x (any layout / float dtype, on the host or a
+    GPU), rows normalised."""
+    if ops.is_cuda_array(x):
+        x = _mirror.to_host(x)
     try:
         a = ops.check_vectors(x, name, dim)
     except EmbengineError:

@@ -409,11 +409,7 @@ class _Gpu:
     def tf32(self) -> bool:
         """May float32 matmuls here use TF32 tensor cores (rounding inputs to 10 bits)?"""
         if self.torch:
-            import torch
-
-            return bool(torch.backends.cuda.matmul.allow_tf32) or (
-                torch.get_float32_matmul_precision() != "highest"
-            )
+            return torch_allows_tf32()
         import os
 
         return os.environ.get("CUPY_TF32", "0") != "0"
@@ -432,6 +428,15 @@ class _Gpu:
 
 
 _SM_COUNTS: dict[tuple[int, int], int] = {}
+
+
+def torch_allows_tf32() -> bool:
+    """May torch's float32 CUDA matmuls use TF32 tensor cores (inputs rounded to 10 bits)?"""
+    import torch
+
+    return bool(torch.backends.cuda.matmul.allow_tf32) or (
+        torch.get_float32_matmul_precision() != "highest"
+    )
 
 
 _MM_OUT_DTYPE: list[bool] = []
