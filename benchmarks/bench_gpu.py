@@ -12,7 +12,8 @@ Sections (each bounded in time; a failing section is reported, the others still 
   (beside torch.topk on that tile), to show where a top-k miss comes from
 - pairs >= 0.9 on clustered rows, ours against torch blocked matmul + nonzero
 - centroid distance 1M x 384 float16, 1 / 64 / 1,024 centroids, against torch matmul + max
-- end to end, texts in -> top-10 out, vectors on the GPU throughout (embed(output="torch"))
+- end to end, texts in -> top-10 out, vectors on the GPU throughout (embed(output="torch")
+  + ops, and the public engine.search over a VectorIndex on the GPU vs one on the CPU)
 Every time is a median of --repeats with torch.cuda.synchronize() around it. Results: the
 markdown table (--markdown) and benchmarks/results/gpu-<card>.json.
 """
@@ -274,10 +275,17 @@ def bench_end_to_end(t: Table, torch: Any, engine: Any, n_docs: int, repeats: in
         q = torch.from_numpy(engine.embed(qs)).cuda()  # the old path: host copy per call
         return ops.topk_cosine(q, index, 10)[1].cpu().numpy()
 
+    # the public API: a flat VectorIndex follows the GPU engine (a device copy of its rows)
+    gpu_index, cpu_index = engine.index(docs), engine.index(docs, device="cpu")
     for nq in (1, 1000):
         qs = queries[:nq]
         med = median_each(
-            {"host": lambda qs=qs: host_round_trip(qs), "device": lambda qs=qs: search(qs)},
+            {
+                "host": lambda qs=qs: host_round_trip(qs),
+                "device": lambda qs=qs: search(qs),
+                "cpu index": lambda qs=qs: engine.search(qs, cpu_index, 10),
+                "gpu index": lambda qs=qs: engine.search(qs, gpu_index, 10),
+            },
             repeats,
             torch.cuda.synchronize,
         )
@@ -289,6 +297,17 @@ def bench_end_to_end(t: Table, torch: Any, engine: Any, n_docs: int, repeats: in
             med["device"],
             peer=med["host"],
             queries_per_s=nq / med["device"],
+        )
+        t.add(case, "engine.search, VectorIndex on the CPU", med["cpu index"])
+        t.add(
+            case,
+            "engine.search, VectorIndex on the GPU",
+            med["gpu index"],
+            peer=med["cpu index"],
+            dense_search=gpu_index.describe()["dense_search"],
+            same_ids_as_cpu_index=agreement(
+                engine.search(qs, gpu_index, 10)[1], engine.search(qs, cpu_index, 10)[1]
+            ),
         )
 
 
