@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -345,3 +346,23 @@ def test_gpu_index_matches_the_cpu_index(data: np.ndarray) -> None:
         gs, gi = gpu.search(data[:30], 10)
         np.testing.assert_array_equal(ci, gi)
         np.testing.assert_allclose(cs, gs, atol=1e-5)
+
+
+def test_the_exact_flat_index_needs_no_faiss(
+    data: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the faiss extra (a bare GPU image, a slim install) the exact flat index runs
+    on embengine's kernels; the kinds that need FAISS say what to install when used."""
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    index = VectorIndex(data.shape[1])
+    index.add(data)
+    index.remove([3])
+    _, ids = index.search(data[:4], 2)
+    np.testing.assert_array_equal(ids[:3, 0], [0, 1, 2])
+    assert 3 not in ids
+    index.save(tmp_path / "flat.emb")
+    loaded = VectorIndex.load(tmp_path / "flat.emb")
+    np.testing.assert_array_equal(loaded.search(data[:4], 2)[1], ids)
+    ivf = VectorIndex(data.shape[1], kind="ivf")
+    with pytest.raises(ImportError, match="faiss"):
+        ivf.add(data)

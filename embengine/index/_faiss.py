@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from embengine._optional import require
+from embengine._optional import MissingDependency, require
 from embengine.errors import CorruptFileError, InvalidInputError
 
 log = logging.getLogger("embengine")
@@ -28,8 +28,13 @@ def faiss_module() -> Any:
 
 
 def faiss_gpu_count() -> int:
-    """GPUs FAISS can use: 0 with faiss-cpu (no GPU symbols) or no visible device."""
-    faiss = faiss_module()
+    """GPUs FAISS can use: 0 with faiss-cpu (no GPU symbols), no visible device, or no FAISS
+    at all (the exact flat index runs on embengine's own kernels; the kinds that need FAISS
+    say so when they are made)."""
+    try:
+        faiss = faiss_module()
+    except MissingDependency:
+        return 0
     if not hasattr(faiss, "StandardGpuResources"):
         return 0
     return int(faiss.get_num_gpus())
