@@ -24,6 +24,7 @@ from embengine.tasks import _device, dedup
 from embengine.tasks.anomaly import AnomalyDetector
 from embengine.tasks.classify import Classifier
 from embengine.tasks.dedup import dedup_vectors, match_vectors
+from embengine.tasks.recommend import Recommender
 
 torch = pytest.importorskip("torch")
 
@@ -383,7 +384,17 @@ def test_every_job_on_a_cuda_engine_stays_there_and_agrees_with_the_host() -> No
     x = gpu.embed(queries)
     assert clf.predict(queries) == clf.predict_vectors(x)
     np.testing.assert_allclose(clf.predict_proba(queries), clf.predict_proba_vectors(x), atol=1e-4)
-    for job in ("dedup", "match", "anomaly", "classify"):
+    rec = gpu.recommender(dict(enumerate(queries)), profiles=2)
+    host_rec = Recommender.from_vectors(rec.vectors, rec.ids, profiles=2)  # no engine: host
+    histories = [[0, 1], list(range(2, 12))]
+    for got, want in zip(
+        (rec.similar(rec.ids[:8], k=5), rec.for_user(histories, k=5)),
+        (host_rec.similar(rec.ids[:8], k=5), host_rec.for_user(histories, k=5)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_allclose(got[0], want[0], atol=1e-5)
+    for job in ("dedup", "match", "anomaly", "classify", "recommend"):
         assert _device.device_runs[job] > before.get(job, 0), job
 
 
@@ -421,8 +432,6 @@ def test_recommender_runs_on_the_device_with_the_host_result(
 ) -> None:
     from test_recommend import ITEMS
 
-    from embengine.tasks.recommend import Recommender
-
     seen = [("ann", "alien"), ("ann", "interstellar"), ("bob", "notting"), ("bob", "pride")]
     options = [
         {"interactions": seen, "alpha": 0.5, "profiles": 2},
@@ -448,8 +457,6 @@ def test_recommender_runs_on_the_device_with_the_host_result(
 
 
 def test_recommender_device_copy_is_made_once_per_state(rng: np.random.Generator) -> None:
-    from embengine.tasks.recommend import Recommender
-
     x = unit_rows(rng, 60, 8)
     host_rec = Recommender.from_vectors(x, list(range(60)), profiles=2)
     rec = Recommender.from_vectors(x, list(range(60)), engine=_Resident8(), profiles=2)
@@ -459,10 +466,12 @@ def test_recommender_device_copy_is_made_once_per_state(rng: np.random.Generator
     history = [list(range(10))]
     _same_top(rec.for_user(history, k=5), host_rec.for_user(history, k=5))
     assert st.device[("content", "cpu")] is copy  # reused, not remade
-    rec.add_interactions([("u", 1), ("u", 2)])
-    assert rec._state.device == {}  # a new state starts without copies
+    rec.add_interactions([("u", 1), ("u", 2)])  # the same catalogue: its copy carries over
+    assert rec._state is not st
+    assert rec._state.device[("content", "cpu")] is copy
     more = unit_rows(rng, 5, 8)
     rec.add_vectors(list(range(60, 65)), torch.from_numpy(more))  # device rows: to the host
+    assert rec._state.device == {}  # new rows: a new state starts without copies
     host_rec.add_vectors(list(range(60, 65)), more)
     np.testing.assert_array_equal(rec.vectors, host_rec.vectors)
     _same_top(rec.similar([60], k=5), host_rec.similar([60], k=5))
@@ -475,8 +484,6 @@ def test_recommender_device_copy_is_made_once_per_state(rng: np.random.Generator
 def test_recommender_on_cuda_arrays_runs_the_kernels_there(
     rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, sim_gpu: Any
 ) -> None:
-    from embengine.tasks.recommend import Recommender
-
     x = unit_rows(rng, 80, 16)
     seen = [(u, int(i)) for u in range(6) for i in rng.choice(80, 5, replace=False)]
     rec = Recommender.from_vectors(x, list(range(80)), interactions=seen, profiles=2)
@@ -498,30 +505,39 @@ def test_recommender_on_cuda_arrays_runs_the_kernels_there(
 def test_recommender_readers_on_the_device_racing_a_writer_see_whole_states(
     rng: np.random.Generator,
 ) -> None:
-    from embengine.tasks.recommend import Recommender
-
+    """Readers on the device path racing item and interaction writes never mix two states."""
     rec = Recommender.from_vectors(unit_rows(rng, 100, 8), list(range(100)), engine=_Resident8())
     probe = [0, 5, 50]
-    states = [rec.similar(probe, k=5)]
-    seen: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def read() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        return {"similar": rec.similar(probe, k=5), "for_user": rec.for_user([probe], k=5)}
+
+    states = [read()]
+    seen: list[tuple[str, tuple[np.ndarray, np.ndarray]]] = []
     errors: list[BaseException] = []
 
     def reader() -> None:
         try:
-            for _ in range(40):
-                seen.append(rec.similar(probe, k=5))
+            for _ in range(20):
+                seen.extend(read().items())
         except BaseException as error:  # reported below
             errors.append(error)
 
     threads = [threading.Thread(target=reader) for _ in range(3)]
     for t in threads:
         t.start()
-    for n in range(12):  # each write moves the catalogue mean: every centred score changes
-        rec.add_vectors(list(range(100 + 10 * n, 110 + 10 * n)), unit_rows(rng, 10, 8) + 0.5)
-        states.append(rec.similar(probe, k=5))
+    for n in range(12):  # new items move the catalogue mean: every centred score changes
+        if n % 2:
+            rec.add_interactions([(f"u{n}", 0), (f"u{n}", 100 + 10 * (n - 1))])
+        else:
+            rec.add_vectors(list(range(100 + 10 * n, 110 + 10 * n)), unit_rows(rng, 10, 8) + 0.5)
+        states.append(read())
     for t in threads:
         t.join()
     assert errors == []
     assert len(seen) == 120
-    for scores, ids in seen:
-        assert any(np.array_equal(scores, s) and np.array_equal(ids, i) for s, i in states)
+    for call, (scores, ids) in seen:
+        assert any(
+            np.array_equal(scores, state[call][0]) and np.array_equal(ids, state[call][1])
+            for state in states
+        )

@@ -285,7 +285,7 @@ class Recommender:
             old = self._state
             users = dict(old.users)
             user_of, item_of, weight = _parse_interactions(rows, old, users)
-            self._state = replace(
+            self._state = _same_catalogue(
                 old,
                 users=users,
                 user_of=_frozen(np.concatenate([old.user_of, user_of])),
@@ -521,6 +521,15 @@ class Recommender:
             item_of=_frozen(item_of),
             weight=_frozen(weight),
         )
+
+
+def _same_catalogue(old: _State, **changes: Any) -> _State:
+    """The next state with new interactions: the catalogue rows are the very same arrays,
+    so their device copies stay true and carry over (an interaction write does not make the
+    next device query copy the catalogue over again)."""
+    new = replace(old, **changes)
+    object.__setattr__(new, "device", old.device)  # frozen: the one field set after init
+    return new
 
 
 # ---------------------------------------------------------------------------- scoring
