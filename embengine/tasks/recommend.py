@@ -308,7 +308,7 @@ class Recommender:
         rows = _rows(state, list(item_ids), "item_ids")
         k = _check_k(k, len(state.ids))
         at = _device.anchor(self.engine)
-        if at is not None:
+        if at is not None and len(rows):
             return _similar_on_device(state, rows, k, at)
         scores, picked = _empty(len(rows), k)
         everything = np.arange(len(state.ids))
@@ -360,9 +360,9 @@ class Recommender:
         if candidates is not None:
             allowed[:] = False
             allowed[_rows(state, _id_list(candidates, "candidates"), "candidates")] = True
-        at = _device.anchor(self.engine)
+        at = _device.anchor(self.engine) if parsed else None
         catalogue = _device.placed(state.device, "content", state.content, at)
-        if at is not None and parsed:
+        if at is not None:
             _device.record("recommend")
         scores, picked = _empty(len(parsed), k)
         for n, (rows, weights) in enumerate(parsed):
@@ -578,11 +578,11 @@ def _similar_on_device(
             _device.rows(catalogue, part), catalogue, min(k + 1, len(state.ids))
         )
         top_scores, top_ids = map(_device.host, found)
-        for n, row in enumerate(part, start):
-            keep = top_ids[n - start] != row
-            best = top_ids[n - start][keep][:k]
-            scores[n, : len(best)] = top_scores[n - start][keep][:k]
-            picked[n, : len(best)] = best
+        for r, row in enumerate(part):
+            keep = top_ids[r] != row  # the item itself, wherever it ranks
+            best = top_ids[r][keep][:k]
+            scores[start + r, : len(best)] = top_scores[r][keep][:k]
+            picked[start + r, : len(best)] = best
     return scores, _external(state, picked)
 
 
