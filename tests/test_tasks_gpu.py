@@ -25,6 +25,7 @@ from embengine.tasks import _device, dedup
 from embengine.tasks.anomaly import AnomalyDetector
 from embengine.tasks.classify import Classifier
 from embengine.tasks.dedup import dedup_vectors, match_vectors
+from embengine.tasks.recommend import Recommender
 
 torch = pytest.importorskip("torch")
 
@@ -385,5 +386,160 @@ def test_every_job_on_a_cuda_engine_stays_there_and_agrees_with_the_host() -> No
     x = gpu.embed(queries)
     assert clf.predict(queries) == clf.predict_vectors(x)
     np.testing.assert_allclose(clf.predict_proba(queries), clf.predict_proba_vectors(x), atol=1e-4)
-    for job in ("dedup", "match", "anomaly", "classify"):
+    rec = gpu.recommender(dict(enumerate(queries)), profiles=2)
+    host_rec = Recommender.from_vectors(rec.vectors, rec.ids, profiles=2)  # no engine: host
+    histories = [[0, 1], list(range(2, 12))]
+    for got, want in zip(
+        (rec.similar(rec.ids[:8], k=5), rec.for_user(histories, k=5)),
+        (host_rec.similar(rec.ids[:8], k=5), host_rec.for_user(histories, k=5)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_allclose(got[0], want[0], atol=1e-5)
+    for job in ("dedup", "match", "anomaly", "classify", "recommend"):
         assert _device.device_runs[job] > before.get(job, 0), job
+
+
+# ---- recommender -------------------------------------------------------------------------
+
+
+class _Resident8(_Dim8):
+    """A stand-in resident engine for vector-only recommenders: its "device" is the CPU."""
+
+    store = None
+    coalesce = False
+    encoder = type("Encoder", (), {"torch_device": torch.device("cpu")})()
+
+    def _device_resident(self) -> bool:
+        return True
+
+
+def _same_top(got: tuple[Any, Any], want: tuple[Any, Any]) -> None:
+    """Ids equal, scores to float32 rounding (a top-k kernel against the host's products)."""
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_allclose(got[0], want[0], atol=1e-6)
+
+
+def _recommend_all(rec: Any, histories: list[Any]) -> list[tuple[Any, Any]]:
+    return [
+        rec.similar(rec.ids, k=3),
+        rec.similar(rec.ids[:2], k=len(rec) + 2),  # padded past the catalogue
+        rec.for_user(histories, k=4, exclude=[["toy"], []]),
+        rec.for_user(histories, k=3, candidates=["alien", "notting", "toy", "godfather"]),
+    ]
+
+
+def test_recommender_runs_on_the_device_with_the_host_result(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_recommend import ITEMS
+
+    seen = [("ann", "alien"), ("ann", "interstellar"), ("bob", "notting"), ("bob", "pride")]
+    options = [
+        {"interactions": seen, "alpha": 0.5, "profiles": 2},
+        {"diversity": 0.3, "center": False},
+    ]
+    histories = [["alien", "starwars"], {"notting": 2.0, "harry": 1, "pride": 1, "alien": 1,
+                                         "toy": 1}]  # fmt: skip
+    host_recs = [Recommender(engine, ITEMS, **o) for o in options]
+    want = [_recommend_all(rec, histories) for rec in host_recs]
+    fake = on_cuda(engine, monkeypatch)
+    runs = _device.device_runs["recommend"]
+    recs = [Recommender(engine, ITEMS, **o) for o in options]  # embedded on the device
+    assert fake.device_batches >= 2
+    for rec, host_rec, expected in zip(recs, host_recs, want, strict=True):
+        np.testing.assert_array_equal(rec.vectors, host_rec.vectors)
+        for got, w in zip(_recommend_all(rec, histories), expected, strict=True):
+            _same_top(got, w)
+        assert set(rec._state.device) == {("content", "cpu")}
+        for got, w in zip(_recommend_all(host_rec, histories), expected, strict=True):
+            _same_top(got, w)  # one made on the host: the same, now on the device
+    assert _device.device_runs["recommend"] == runs + 16
+    assert want[0][2][1][0][0] == "interstellar"  # ann's neighbour, blended in
+
+
+def test_recommender_device_copy_is_made_once_per_state(rng: np.random.Generator) -> None:
+    x = unit_rows(rng, 60, 8)
+    host_rec = Recommender.from_vectors(x, list(range(60)), profiles=2)
+    rec = Recommender.from_vectors(x, list(range(60)), engine=_Resident8(), profiles=2)
+    st = rec._state
+    _same_top(rec.similar([3, 7], k=5), host_rec.similar([3, 7], k=5))
+    copy = st.device[("content", "cpu")]
+    history = [list(range(10))]
+    _same_top(rec.for_user(history, k=5), host_rec.for_user(history, k=5))
+    assert st.device[("content", "cpu")] is copy  # reused, not remade
+    rec.add_interactions([("u", 1), ("u", 2)])  # the same catalogue: its copy carries over
+    assert rec._state is not st
+    assert rec._state.device[("content", "cpu")] is copy
+    more = unit_rows(rng, 5, 8)
+    rec.add_vectors(list(range(60, 65)), torch.from_numpy(more))  # device rows: to the host
+    assert rec._state.device == {}  # new rows: a new state starts without copies
+    host_rec.add_vectors(list(range(60, 65)), more)
+    np.testing.assert_array_equal(rec.vectors, host_rec.vectors)
+    _same_top(rec.similar([60], k=5), host_rec.similar([60], k=5))
+    more[2, 4] = np.inf
+    with pytest.raises(InvalidInputError, match=r"vectors has NaN or inf values.*row 2"):
+        rec.add_vectors(list(range(70, 75)), torch.from_numpy(more))
+    assert len(rec) == 65  # nothing half-added
+
+
+def test_recommender_on_cuda_arrays_runs_the_kernels_there(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch, sim_gpu: Any
+) -> None:
+    x = unit_rows(rng, 80, 16)
+    seen = [(u, int(i)) for u in range(6) for i in rng.choice(80, 5, replace=False)]
+    rec = Recommender.from_vectors(x, list(range(80)), interactions=seen, profiles=2)
+    histories = [list(range(12)), {40: 1.0, 41: 3.0}]
+    want = rec.similar(list(range(0, 80, 7)), k=6), rec.for_user(histories, k=6)
+    monkeypatch.setattr(_device, "anchor", lambda engine: dev(np.zeros((0, 16), np.float32)))
+    got = rec.similar(list(range(0, 80, 7)), k=6), rec.for_user(histories, k=6)
+    assert any(call.startswith("topk_select") for call in sim_gpu.calls)
+    assert "nearest_centroid" in sim_gpu.calls
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g[1], w[1])
+        np.testing.assert_allclose(g[0], w[0], atol=1e-5)
+    rec.add_vectors([80, 81], dev(x[:2]))  # device rows join the host catalogue
+    np.testing.assert_allclose(rec.vectors[80:], x[:2], atol=1e-7)
+    with pytest.raises(InvalidInputError, match="has dim 4, expected 16"):
+        rec.add_vectors([90], dev(x[:1, :4]))
+
+
+def test_recommender_readers_on_the_device_racing_a_writer_see_whole_states(
+    rng: np.random.Generator,
+) -> None:
+    """Readers on the device path racing item and interaction writes never mix two states."""
+    rec = Recommender.from_vectors(unit_rows(rng, 100, 8), list(range(100)), engine=_Resident8())
+    probe = [0, 5, 50]
+
+    def read() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        return {"similar": rec.similar(probe, k=5), "for_user": rec.for_user([probe], k=5)}
+
+    states = [read()]
+    seen: list[tuple[str, tuple[np.ndarray, np.ndarray]]] = []
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            for _ in range(20):
+                seen.extend(read().items())
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for n in range(12):  # new items move the catalogue mean: every centred score changes
+        if n % 2:
+            rec.add_interactions([(f"u{n}", 0), (f"u{n}", 100 + 10 * (n - 1))])
+        else:
+            rec.add_vectors(list(range(100 + 10 * n, 110 + 10 * n)), unit_rows(rng, 10, 8) + 0.5)
+        states.append(read())
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(seen) == 120
+    for call, (scores, ids) in seen:
+        assert any(
+            np.array_equal(scores, state[call][0]) and np.array_equal(ids, state[call][1])
+            for state in states
+        )

@@ -46,6 +46,18 @@ def embed(engine: Engine, texts: list[str]) -> Any:
     return engine.embed(texts)
 
 
+def anchor(engine: Engine | None) -> Any | None:
+    """An empty (0, dim) float32 tensor on the device where a resident `engine` leaves its
+    vectors, for a job whose queries are ids, not vectors (`placed` copies its state next to
+    it); None when the engine is not resident (the job runs on the host)."""
+    if engine is None or not resident(engine):
+        return None
+    import torch
+
+    device = engine.encoder.torch_device  # type: ignore[attr-defined]
+    return torch.empty((0, int(engine.dim)), dtype=torch.float32, device=device)
+
+
 def on_device(x: Any) -> bool:
     """Is x a device array (CUDA torch / CuPy), or a tensor a resident engine returned?
 
@@ -84,7 +96,10 @@ def like(a: np.ndarray, x: Any) -> Any:
     if is_torch(x):
         import torch
 
-        return torch.as_tensor(np.ascontiguousarray(a, np.float32), device=x.device)
+        rows = np.ascontiguousarray(a, np.float32)
+        if not rows.flags.writeable:  # a frozen state array: torch wants one it may write
+            rows = rows.copy()
+        return torch.as_tensor(rows, device=x.device)
     if isinstance(x, np.ndarray):  # a numpy-backed stand-in for a device array (tests)
         return np.ascontiguousarray(a, np.float32).view(type(x))
     cupy = _cupy()

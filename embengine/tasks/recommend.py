@@ -17,6 +17,13 @@ Thread safety by copy-on-write: the catalogue and interactions live in one immut
 the next state and swaps the reference (writers take turns on a lock). Concurrent
 queries therefore see the state before or after a write, never a mix, and a write that
 raises leaves the state untouched.
+
+GPU: on a device-resident engine (embengine.tasks._device) `add_items` embeds on the device
+(the rows then join the host catalogue, which `save` / `load` and the copy-on-write rules
+keep as the source of truth), and `similar` / `for_user` run their kernels (the top-k over
+the catalogue, the taste centroids' distances) against a device copy of the state's content
+vectors, made once per state; only ids and scores come back (for `for_user`, one score per
+item, which the host blends with interactions and filters as without a GPU).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import math
 import threading
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +55,7 @@ from embengine.io import (
     unpack_strings,
 )
 from embengine.records import Record, record_texts
+from embengine.tasks import _device
 
 if TYPE_CHECKING:
     from embengine.engine import Engine
@@ -77,6 +85,9 @@ class _State:
     user_of: np.ndarray  # interaction rows: user index,
     item_of: np.ndarray  # item row,
     weight: np.ndarray  # and weight (float32 > 0)
+    # device copies of `content`, made on first use (_device.placed); a new state (replace)
+    # starts with none, so a reader never sees another state's copy
+    device: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def id_kind(self) -> str | None:
@@ -227,10 +238,11 @@ class Recommender:
             )
         ids = _check_item_ids(list(items), self._state)  # fail before the slow embedding
         texts = record_texts(list(items.values()), fields=self._fields, template=self._template)
-        self._add(ids, self.engine.embed(texts))
+        self._add(ids, _device.embed(self.engine, texts))
 
     def add_vectors(self, ids: Sequence[ItemId], vectors: np.ndarray) -> None:
-        """`add_items` with your own (n, dim) vectors (rows are L2-normalised)."""
+        """`add_items` with your own (n, dim) vectors (rows are L2-normalised); device arrays
+        (CUDA torch / CuPy) are checked there and copied to the host catalogue."""
         if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
             raise InvalidTypeError("ids must be a sequence of item ids (int or str)")
         self._add(_check_item_ids(list(ids), self._state), vectors)
@@ -273,7 +285,7 @@ class Recommender:
             old = self._state
             users = dict(old.users)
             user_of, item_of, weight = _parse_interactions(rows, old, users)
-            self._state = replace(
+            self._state = _same_catalogue(
                 old,
                 users=users,
                 user_of=_frozen(np.concatenate([old.user_of, user_of])),
@@ -295,6 +307,9 @@ class Recommender:
             raise InvalidTypeError("item_ids must be a sequence of item ids: wrap one id in a list")
         rows = _rows(state, list(item_ids), "item_ids")
         k = _check_k(k, len(state.ids))
+        at = _device.anchor(self.engine)
+        if at is not None and len(rows):
+            return _similar_on_device(state, rows, k, at)
         scores, picked = _empty(len(rows), k)
         everything = np.arange(len(state.ids))
         for n, row in enumerate(rows):
@@ -345,9 +360,13 @@ class Recommender:
         if candidates is not None:
             allowed[:] = False
             allowed[_rows(state, _id_list(candidates, "candidates"), "candidates")] = True
+        at = _device.anchor(self.engine) if parsed else None
+        catalogue = _device.placed(state.device, "content", state.content, at)
+        if at is not None:
+            _device.record("recommend")
         scores, picked = _empty(len(parsed), k)
         for n, (rows, weights) in enumerate(parsed):
-            relevance = self._relevance(state, rows, weights)
+            relevance = self._relevance(state, rows, weights, catalogue)
             mask = allowed.copy()
             if exclude_seen:
                 mask[rows] = False
@@ -362,9 +381,13 @@ class Recommender:
             picked[n, : len(best)] = best
         return scores, _external(state, picked)
 
-    def _relevance(self, state: _State, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """Relevance of every item for one history (item rows and weights): (n_items,)."""
-        content = _content_scores(state.content, rows, weights, self._profiles)
+    def _relevance(
+        self, state: _State, rows: np.ndarray, weights: np.ndarray, catalogue: Any
+    ) -> np.ndarray:
+        """Relevance of every item for one history (item rows and weights): (n_items,).
+
+        `catalogue` is state.content or its device copy (the centroid distances run there)."""
+        content = _content_scores(state.content, catalogue, rows, weights, self._profiles)
         if self._alpha == 0.0 or len(state.user_of) == 0:
             return content
         signal = _cooccurrence(state, rows, weights)
@@ -500,6 +523,15 @@ class Recommender:
         )
 
 
+def _same_catalogue(old: _State, **changes: Any) -> _State:
+    """The next state with new interactions: the catalogue rows are the very same arrays,
+    so their device copies stay true and carry over (an interaction write does not make the
+    next device query copy the catalogue over again)."""
+    new = replace(old, **changes)
+    object.__setattr__(new, "device", old.device)  # frozen: the one field set after init
+    return new
+
+
 # ---------------------------------------------------------------------------- scoring
 
 
@@ -512,17 +544,46 @@ def _content(vectors: np.ndarray, center: bool) -> np.ndarray:
 
 
 def _content_scores(
-    catalogue: np.ndarray, rows: np.ndarray, weights: np.ndarray, profiles: int
+    content: np.ndarray, catalogue: Any, rows: np.ndarray, weights: np.ndarray, profiles: int
 ) -> np.ndarray:
-    """Best cosine of each item to the history's taste centroid(s)."""
-    vectors = catalogue[rows]
+    """Best cosine of each item to the history's taste centroid(s), as numpy.
+
+    The centroids come from the host `content`; the distances of every item to them run
+    where `catalogue` (content or its device copy) lives, and only those come back."""
+    vectors = content[rows]
     if profiles > 1 and len(rows) > 2 * profiles:
         centroids = spherical_kmeans(vectors, profiles, iterations=5, seed=0)
     else:
         centroids = (weights[:, None] * vectors).sum(0, keepdims=True)
         centroids = ops.normalize_rows_(np.ascontiguousarray(centroids, dtype=np.float32))
-    dist, _ = ops.centroid_distance(catalogue, centroids)
+    if _device.on_device(catalogue):
+        centroids = _device.like(centroids, catalogue)
+    dist = _device.host(ops.centroid_distance(catalogue, centroids)[0])
     return 1.0 - dist
+
+
+def _similar_on_device(
+    state: _State, rows: np.ndarray, k: int, at: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """`Recommender.similar` on the device copy of the content: one top-(k + 1) per item
+    (the item itself may be among them), best first with ties to the lower row, as the
+    host's; only the (k + 1) ids and scores of each row come back."""
+    _device.record("recommend")
+    catalogue = _device.placed(state.device, "content", state.content, at)
+    scores, picked = _empty(len(rows), k)
+    chunk = max(1, ops.MAX_RESULT_SLOTS // (k + 1))
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        found = ops.topk_cosine(
+            _device.rows(catalogue, part), catalogue, min(k + 1, len(state.ids))
+        )
+        top_scores, top_ids = map(_device.host, found)
+        for r, row in enumerate(part):
+            keep = top_ids[r] != row  # the item itself, wherever it ranks
+            best = top_ids[r][keep][:k]
+            scores[start + r, : len(best)] = top_scores[r][keep][:k]
+            picked[start + r, : len(best)] = best
+    return scores, _external(state, picked)
 
 
 def _cooccurrence(state: _State, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -697,8 +758,11 @@ def _key(value: Any) -> Any:
 
 
 def _unit_rows(vectors: Any, name: str, dim: int | None) -> np.ndarray:
-    """A float32 copy with unit rows; InvalidInputError for NaN/inf, zero rows, wrong dim."""
+    """A float32 host copy with unit rows; InvalidInputError for NaN/inf, zero rows, wrong
+    dim (a device array is checked there, then copied over)."""
     try:
+        if _device.on_device(vectors):
+            vectors = _device.host(_device.check(vectors, name, dim))
         x = ops.check_vectors(vectors, name, dim)
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from exc
