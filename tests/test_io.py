@@ -179,6 +179,7 @@ def test_saving_and_loading_cost_the_arrays_and_a_constant(tmp_path: Path) -> No
         capture_output=True,
         text=True,
         env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"},
+        cwd=tmp_path,  # the installed package (or PYTHONPATH's build), not the bare source tree
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["96", "0.5"]
