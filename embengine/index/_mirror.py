@@ -20,6 +20,7 @@ import numpy as np
 
 from embengine import ops
 from embengine.device import Device, resolve_device
+from embengine.ops._arrays import is_torch
 from embengine.ops.similarity import torch_allows_tf32
 
 
@@ -44,13 +45,6 @@ def torch_device(device: Any) -> Any:
     return device
 
 
-def to_host(a: Any) -> np.ndarray:
-    """A CUDA torch tensor or CuPy-like array copied to the host (numpy)."""
-    if ops.is_torch(a):
-        return a.detach().cpu().numpy()
-    return a.get()
-
-
 @dataclass(frozen=True)
 class _Rows:
     buffer: Any  # (capacity, dim) float32 tensor on the device; rows [0, n) are valid
@@ -70,7 +64,7 @@ class DeviceMirror:
 
     def holds(self, x: Any) -> bool:
         """Is x a torch tensor already on this mirror's device (used as is, no copy)?"""
-        return ops.is_torch(x) and x.device == self.device
+        return is_torch(x) and x.device == self.device
 
     @property
     def tf32(self) -> bool:

@@ -1447,7 +1447,7 @@ def _unit_rows(x: Any, name: str, dim: int) -> np.ndarray:
     """A fresh C-contiguous float32 copy of x (any layout / float dtype, on the host or a
     GPU), rows normalised."""
     if ops.is_cuda_array(x):
-        x = _mirror.to_host(x)
+        x = ops.to_host(x)
     try:
         a = ops.check_vectors(x, name, dim)
     except EmbengineError:

@@ -19,9 +19,9 @@ from embengine.ops._arrays import (
     CudaArray,
     cuda_array,
     is_cuda_array,
-    is_torch,
     like_input,
     same_device,
+    to_host,
     to_numpy,
 )
 from embengine.ops.compact import topk_hamming, topk_int8
@@ -72,10 +72,10 @@ def _check_mask(m: np.ndarray) -> np.ndarray:
 
 def _pooled_error(out: Any, states: Any, mask: Any) -> InvalidInputError:
     """Name the first row the pooling kernel could not normalise, and why (error path only)."""
-    o = out if isinstance(out, np.ndarray) else _host(out)
+    o = to_host(out)
     row = int(np.argmax(~np.isfinite(o).all(axis=1)))
-    s = states if isinstance(states, np.ndarray) else _host(states)
-    m = mask if isinstance(mask, np.ndarray) else _host(mask)
+    s = to_host(states)
+    m = to_host(mask)
     real = np.asarray(s[row], dtype=np.float32)[np.asarray(m[row]) != 0]
     if not np.isfinite(real).all():
         return InvalidInputError(
@@ -84,13 +84,6 @@ def _pooled_error(out: Any, states: Any, mask: Any) -> InvalidInputError:
     return InvalidInputError(
         f"row {row} of states overflowed float32 when pooled (values too large, shape {s.shape})"
     )
-
-
-def _host(a: Any) -> np.ndarray:
-    """A device array's values on the host (error messages only)."""
-    if is_torch(a):
-        return a.detach().float().cpu().numpy()
-    return a.get()
 
 
 def mean_pool_normalize(states: Any, mask: Any, *, eps: float = DEFAULT_EPS) -> Any:
@@ -209,10 +202,7 @@ def _normalize_rows_cuda(x: Any, eps: float) -> Any:
             work.ptr, n, d, float(eps), g.ptr(scales), g.ptr(not_finite), a.stream()
         )
         if g.read(not_finite):
-            row = similarity._first_non_finite_row(a.original)
-            raise InvalidInputError(
-                f"x has NaN or inf values (first in row {row}, shape {a.shape})"
-            )
+            similarity.require_finite_rows("x", a.original)
         if work is not a:
             if a.framework == "torch":
                 a.original.copy_(work.original)
@@ -254,11 +244,14 @@ def _cuda_pair(a: Any, b: Any, names: str) -> bool:
     return on_gpu[0]
 
 
-def check_cuda_vectors(x: Any, name: str, dim: int | None = None) -> CudaArray:
+def check_cuda_vectors(
+    x: Any, name: str, dim: int | None = None, *, check_finite: bool = False
+) -> CudaArray:
     """A 2-D float GPU array, or InvalidInputError naming the array, its shape and problem.
 
-    NaN / inf are not looked for here: the kernels count non-finite scores as they go (no
-    second pass over the data, no host sync) and the op raises afterwards, naming the row.
+    NaN / inf are not looked for by default: the kernels count non-finite scores as they go
+    (no second pass over the data, no host sync) and the op raises afterwards, naming the
+    row. check_finite: look now (one pass and one sync), for arrays kept beyond one op.
     """
     a = cuda_array(x)
     if len(a.shape) != 2:
@@ -267,6 +260,8 @@ def check_cuda_vectors(x: Any, name: str, dim: int | None = None) -> CudaArray:
         raise InvalidInputError(f"{name} has dim {a.shape[1]}, expected {dim} (shape {a.shape})")
     if a.dtype not in ("float32", "float16", "bfloat16"):
         a = a.astype("float32")
+    if check_finite:
+        similarity.require_finite_rows(name, a.original)
     return a
 
 

@@ -60,6 +60,19 @@ def to_numpy(a: Any, name: str) -> np.ndarray:
         raise InvalidTypeError(f"{name} must be an array, got {type(a).__name__}") from exc
 
 
+def to_host(a: Any) -> np.ndarray:
+    """An array's values on the host as numpy: numpy as is (a subclass as plain numpy), a
+    torch tensor copied over (bfloat16 as float32: numpy has none), CuPy via .get()."""
+    if isinstance(a, np.ndarray):
+        return np.asarray(a)
+    if is_torch(a):
+        t = a.detach()
+        if str(t.dtype) == "torch.bfloat16":
+            t = t.float()
+        return t.cpu().numpy()
+    return a.get()
+
+
 def like_input(result: np.ndarray, original: Any) -> Any:
     """Return a CPU result in the caller's framework (torch in, torch out)."""
     if is_torch(original):

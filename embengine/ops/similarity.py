@@ -54,12 +54,17 @@ def _require_finite(not_finite: int, *named: tuple[str, Any]) -> None:
     if not not_finite:
         return
     for name, a in named:
-        row = _first_non_finite_row(a)
-        if row is not None:
-            raise InvalidInputError(
-                f"{name} has NaN or inf values (first in row {row}, shape {tuple(a.shape)})"
-            )
+        require_finite_rows(name, a)
     raise InvalidInputError(f"{not_finite} scores overflowed float32: the vectors are too large")
+
+
+def require_finite_rows(name: str, a: Any) -> None:
+    """InvalidInputError naming `a`'s first row with NaN or inf, if it has one."""
+    row = _first_non_finite_row(a)
+    if row is not None:
+        raise InvalidInputError(
+            f"{name} has NaN or inf values (first in row {row}, shape {tuple(a.shape)})"
+        )
 
 
 def _first_non_finite_row(a: Any) -> int | None:

@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from embengine import ops
-from embengine.errors import InvalidInputError
-from embengine.ops._arrays import is_cuda_array, is_torch
+from embengine.ops._arrays import is_cuda_array, is_torch, to_host
 
 if TYPE_CHECKING:
     from embengine.engine import Engine
@@ -73,15 +72,6 @@ def record(job: str) -> None:
         device_runs[job] += 1
 
 
-def host(a: Any) -> np.ndarray:
-    """A (small) result on the host as numpy: numpy as is, torch / CuPy copied over."""
-    if isinstance(a, np.ndarray):
-        return np.asarray(a)  # a numpy-backed stand-in for a device array (tests) too
-    if is_torch(a):
-        return a.detach().cpu().numpy()
-    return a.get()
-
-
 def rows(x: Any, index: np.ndarray) -> Any:
     """x[index] for a host index array, on x's device."""
     if is_torch(x):
@@ -132,21 +122,7 @@ def check(x: Any, name: str, dim: int | None = None) -> Any:
     if not is_cuda_array(x):  # a host array (a CPU tensor: a stand-in, kept a tensor)
         checked = ops.check_vectors(x, name, dim)
         return x if is_torch(x) else checked
-    a = ops.check_cuda_vectors(x, name, dim).original
-    if is_torch(a):
-        import torch
-
-        bad = torch.nonzero(~torch.isfinite(a).all(dim=1))
-        row = int(bad[0, 0]) if len(bad) else None
-    else:
-        xp = np if isinstance(a, np.ndarray) else _cupy()
-        bad = host(~xp.isfinite(a).all(axis=1))
-        row = int(np.argmax(bad)) if bad.any() else None
-    if row is not None:
-        raise InvalidInputError(
-            f"{name} has NaN or inf values (first in row {row}, shape {tuple(a.shape)})"
-        )
-    return a
+    return ops.check_cuda_vectors(x, name, dim, check_finite=True).original
 
 
 def row_keys(x: Any) -> np.ndarray:
@@ -157,7 +133,7 @@ def row_keys(x: Any) -> np.ndarray:
     t = x if is_torch(x) else torch.from_dlpack(x)
     bits = t.contiguous().view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
     _, inverse = torch.unique(bits, dim=0, return_inverse=True)
-    return host(inverse).astype(np.int64, copy=False)
+    return to_host(inverse).astype(np.int64, copy=False)
 
 
 def _cupy() -> Any:

@@ -392,7 +392,7 @@ class AnomalyDetector:
         with self._lock.read():
             st = self._fitted_state()
             if how == "profile":
-                order, means = _group_means(_device.host(x), keys)
+                order, means = _group_means(ops.to_host(x), keys)
                 reference = st.profiles
                 if len(reference) == 0:
                     reference = st.patterns[st.lines].mean(axis=0, keepdims=True)
@@ -527,10 +527,10 @@ class AnomalyDetector:
         if _device.on_device(x):  # the kernels run on the device, distances come back
             _device.record("anomaly")
         centroids = _device.placed(st.device, "centroids", st.centroids, x)
-        distance = _device.host(ops.centroid_distance(x, centroids)[0])
+        distance = ops.to_host(ops.centroid_distance(x, centroids)[0])
         if self.novelty_weight is not None:
             patterns = _device.placed(st.device, "patterns", st.patterns, x)
-            nearest, ids = map(_device.host, ops.topk_cosine(x, patterns, 1))
+            nearest, ids = map(ops.to_host, ops.topk_cosine(x, patterns, 1))
             novelty = 1.0 - nearest[:, 0]
             counts = np.bincount(st.lines, minlength=len(st.patterns))[ids[:, 0]]
             known = np.minimum(distance / (1.0 + counts), st.threshold)
@@ -579,7 +579,7 @@ class AnomalyDetector:
         if _device.on_device(vectors):
             if scored:
                 return _device.check(vectors, name, self.engine.dim)
-            vectors = _device.host(vectors)
+            vectors = ops.to_host(vectors)
         try:
             x = ops.check_vectors(vectors, name, self.engine.dim)
         except InvalidInputError:

@@ -290,7 +290,7 @@ class Classifier:
             return []
         if self.mode == "centroid":
             centroids = self._placed(snap, "centroids", self._centroids(snap), x)
-            best = _device.host(ops.centroid_distance(self._centred(snap, x), centroids)[1])
+            best = ops.to_host(ops.centroid_distance(self._centred(snap, x), centroids)[1])
         else:
             best = self._proba(snap, x).argmax(axis=1)
         labels: list[Label] = [snap.labels[i] for i in best]
@@ -343,7 +343,7 @@ class Classifier:
         """Distance-weighted vote shares of the k nearest examples: (n, labels)."""
         examples = self._placed(snap, "examples", self._examples(snap), q)
         k = min(self.k, len(examples))
-        scores, ids = map(_device.host, ops.topk_cosine(q, examples, k))
+        scores, ids = map(ops.to_host, ops.topk_cosine(q, examples, k))
         weights = np.exp((scores - scores[:, :1]) / self.knn_temperature)
         votes = np.zeros((len(q), len(snap.labels)), np.float64)
         rows = np.repeat(np.arange(len(q)), k)
@@ -353,19 +353,19 @@ class Classifier:
     def _centroid_softmax(self, snap: _Snapshot, q: np.ndarray) -> np.ndarray:
         """Softmax over the cosines to every label's centroid: (n, labels)."""
         centroids = self._placed(snap, "centroids", self._centroids(snap), q)
-        scores, ids = map(_device.host, ops.topk_cosine(q, centroids, len(centroids)))  # all
+        scores, ids = map(ops.to_host, ops.topk_cosine(q, centroids, len(centroids)))  # all
         logits = np.zeros((len(q), len(centroids)), np.float64)
         np.put_along_axis(logits, ids, scores / self.centroid_temperature, axis=1)
         return _softmax(logits)
 
     def _lda_logits(self, snap: _Snapshot, q: np.ndarray) -> np.ndarray:
         weights, bias = snap.derived("lda", lambda: _lda_head(self._examples(snap), snap))
-        return _device.host(q).astype(np.float64) @ weights + bias
+        return ops.to_host(q).astype(np.float64) @ weights + bias
 
     def _head_logits(self, snap: _Snapshot, q: np.ndarray, c: float) -> np.ndarray:
         """Logits of the logistic head with inverse L2 strength c, on centred rows q."""
         weights, bias = snap.derived(f"head:{c!r}", lambda: self._fit_head(snap, c))
-        return _device.host(q).astype(np.float64) @ weights + bias
+        return ops.to_host(q).astype(np.float64) @ weights + bias
 
     def _fit_head(self, snap: _Snapshot, c: float) -> tuple[np.ndarray, np.ndarray]:
         return fit_softmax_head(self._examples(snap), snap.label_ids, len(snap.labels), c)
@@ -388,7 +388,7 @@ class Classifier:
         vectors = self._placed(snap, "vectors", snap.vectors, x)
         for index in range(len(snap.labels)):
             rows = _device.rows(vectors, np.flatnonzero(snap.label_ids == index))
-            scores = _device.host(ops.topk_cosine(x, rows, min(self.oos_k, len(rows)))[0])
+            scores = ops.to_host(ops.topk_cosine(x, rows, min(self.oos_k, len(rows)))[0])
             np.maximum(best, scores.mean(axis=1), out=best)
         return 1.0 - best
 

@@ -199,11 +199,11 @@ def _exact_tiles(
     for a in range(0, n, block):
         ra = rows[a : a + block]
         xa = _device.rows(vectors, ra)
-        i, j, s = map(_device.host, ops.pairs_above(xa, threshold))
+        i, j, s = map(ops.to_host, ops.pairs_above(xa, threshold))
         yield _ordered(ra[i], ra[j], s)
         for b in range(a + block, n, block):
             rb = rows[b : b + block]
-            i, j, s = map(_device.host, ops.pairs_above(xa, threshold, y=_device.rows(vectors, rb)))
+            i, j, s = map(ops.to_host, ops.pairs_above(xa, threshold, y=_device.rows(vectors, rb)))
             yield _ordered(ra[i], rb[j], s)
 
 
@@ -417,7 +417,7 @@ def dedup_vectors(
     if device:
         _device.record("dedup")
         if method == "partitioned":
-            distinct = _device.host(distinct)
+            distinct = ops.to_host(distinct)
     if method == "exact":
         tiles = _exact_tiles(distinct, threshold)
     else:
@@ -451,7 +451,7 @@ def _copy_scores(x: np.ndarray, original: np.ndarray, copies: np.ndarray) -> np.
     if not _device.on_device(x):
         return np.einsum("ij,ij->i", x[original], x[copies]).astype(np.float32)
     distinct, back = np.unique(original, return_inverse=True)
-    r = _device.host(_device.rows(x, distinct))
+    r = ops.to_host(_device.rows(x, distinct))
     return np.einsum("ij,ij->i", r, r)[back.reshape(-1)].astype(np.float32)
 
 
@@ -838,8 +838,8 @@ def select_matches(pairs: Pairs, threshold: float, *, assignment: str = "greedy"
 
 def _candidate_pairs(a: np.ndarray, b: np.ndarray, k_right: int, k_left: int) -> Pairs:
     """Each left row's k nearest right rows and each right row's k nearest left rows."""
-    s_ab, ids_ab = map(_device.host, ops.topk_cosine(a, b, k_right))
-    s_ba, ids_ba = map(_device.host, ops.topk_cosine(b, a, k_left))
+    s_ab, ids_ab = map(ops.to_host, ops.topk_cosine(a, b, k_right))
+    s_ba, ids_ba = map(ops.to_host, ops.topk_cosine(b, a, k_left))
     i = np.concatenate([np.repeat(np.arange(len(a)), k_right), ids_ba.ravel()])
     j = np.concatenate([ids_ab.ravel(), np.repeat(np.arange(len(b)), k_left)])
     s = np.concatenate([s_ab.ravel(), s_ba.ravel()]).astype(np.float32)

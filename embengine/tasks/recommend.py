@@ -558,7 +558,7 @@ def _content_scores(
         centroids = ops.normalize_rows_(np.ascontiguousarray(centroids, dtype=np.float32))
     if _device.on_device(catalogue):
         centroids = _device.like(centroids, catalogue)
-    dist = _device.host(ops.centroid_distance(catalogue, centroids)[0])
+    dist = ops.to_host(ops.centroid_distance(catalogue, centroids)[0])
     return 1.0 - dist
 
 
@@ -577,7 +577,7 @@ def _similar_on_device(
         found = ops.topk_cosine(
             _device.rows(catalogue, part), catalogue, min(k + 1, len(state.ids))
         )
-        top_scores, top_ids = map(_device.host, found)
+        top_scores, top_ids = map(ops.to_host, found)
         for r, row in enumerate(part):
             keep = top_ids[r] != row  # the item itself, wherever it ranks
             best = top_ids[r][keep][:k]
@@ -762,7 +762,7 @@ def _unit_rows(vectors: Any, name: str, dim: int | None) -> np.ndarray:
     dim (a device array is checked there, then copied over)."""
     try:
         if _device.on_device(vectors):
-            vectors = _device.host(_device.check(vectors, name, dim))
+            vectors = ops.to_host(_device.check(vectors, name, dim))
         x = ops.check_vectors(vectors, name, dim)
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from exc
